@@ -1,0 +1,153 @@
+; cpr-test-guest: a 512-byte boot sector that proves a cpr-reboot restore.
+;
+; At its own start it stores an RDTSC nonce (changes on every boot, so a
+; rebooted guest is told apart from a resumed one), fills guest RAM from
+; 2 MiB to the top of low RAM with 0xA5, and then, once per PIT tick, adds
+; one to the first byte of every page in that range and counts the pass.
+; Between passes it halts, so a dozen guests share two TCG cores.
+;
+; Layout read from outside (guest physical addresses, little endian):
+;   0x5000  u32  magic 'CPRG'
+;   0x5004  u32  pass counter (completed passes)
+;   0x5008  u64  RDTSC nonce written once at start
+;   0x5010  u32  first byte of the page range (0x200000)
+;   0x5014  u32  end of the page range (exclusive)
+; After N completed passes every page's first byte is (0xA5 + N) & 0xFF;
+; pages of an unfinished pass hold one more than the rest.
+
+bits 16
+org 0x7c00
+
+INFO        equ 0x5000
+RANGE_START equ 0x200000
+IDT_BASE    equ 0x1000
+IDT_ENTRIES equ 48
+PIT_DIVISOR equ 11932           ; about 100 Hz
+
+start:
+    cli
+    xor ax, ax
+    mov ds, ax
+    mov ss, ax
+    mov sp, 0x7000
+    in al, 0x92                 ; fast A20
+    or al, 2
+    out 0x92, al
+    lgdt [gdt_desc]
+    mov eax, cr0
+    or eax, 1
+    mov cr0, eax
+    jmp 0x08:protected
+
+bits 32
+protected:
+    mov ax, 0x10
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, 0x7000
+
+    ; every vector up to IDT_ENTRIES points at one handler that acknowledges
+    ; the PIC; only IRQ0 is unmasked, so it only ever sees timer ticks
+    mov edi, IDT_BASE
+    mov ecx, IDT_ENTRIES
+.idt:
+    mov eax, tick
+    mov [edi], ax
+    mov word [edi + 2], 0x08
+    mov word [edi + 4], 0x8e00
+    shr eax, 16
+    mov [edi + 6], ax
+    add edi, 8
+    loop .idt
+    lidt [idt_desc]
+
+    ; remap the PIC to vectors 0x20/0x28 and mask all but IRQ0
+    mov al, 0x11
+    out 0x20, al
+    out 0xa0, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x28
+    out 0xa1, al
+    mov al, 4
+    out 0x21, al
+    mov al, 2
+    out 0xa1, al
+    mov al, 1
+    out 0x21, al
+    out 0xa1, al
+    mov al, 0xfe
+    out 0x21, al
+    mov al, 0xff
+    out 0xa1, al
+
+    ; PIT channel 0, rate generator
+    mov al, 0x34
+    out 0x43, al
+    mov ax, PIT_DIVISOR
+    out 0x40, al
+    mov al, ah
+    out 0x40, al
+
+    ; top of low RAM = 16 MiB + CMOS[0x34..0x35] * 64 KiB
+    mov al, 0x35
+    out 0x70, al
+    in al, 0x71
+    mov ah, al
+    mov al, 0x34
+    out 0x70, al
+    in al, 0x71
+    movzx ebx, ax
+    shl ebx, 16
+    add ebx, 0x1000000
+
+    mov dword [INFO + 0x10], RANGE_START
+    mov [INFO + 0x14], ebx
+    rdtsc
+    mov [INFO + 0x08], eax
+    mov [INFO + 0x0c], edx
+    mov dword [INFO + 0x04], 0
+
+    mov edi, RANGE_START
+    mov ecx, ebx
+    sub ecx, edi
+    shr ecx, 2
+    mov eax, 0xa5a5a5a5
+    cld
+    rep stosd
+    mov dword [INFO], 'CPRG'
+
+    sti
+.pass:
+    hlt
+    mov edi, RANGE_START
+.page:
+    inc byte [edi]
+    add edi, 4096
+    cmp edi, ebx
+    jb .page
+    inc dword [INFO + 0x04]
+    jmp .pass
+
+tick:
+    push eax
+    mov al, 0x20
+    out 0x20, al
+    pop eax
+    iret
+
+align 8
+gdt:
+    dq 0
+    dq 0x00cf9a000000ffff       ; 0x08 flat code
+    dq 0x00cf92000000ffff       ; 0x10 flat data
+gdt_desc:
+    dw gdt_desc - gdt - 1
+    dd gdt
+idt_desc:
+    dw IDT_ENTRIES * 8 - 1
+    dd IDT_BASE
+
+times 510 - ($ - $$) db 0
+    dw 0xaa55

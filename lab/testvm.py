@@ -1,0 +1,219 @@
+"""Real QEMU test VMs running the cpr test guest, and probes of their RAM.
+
+Used by the tests, the benchmark and the demo. Everything runs real QEMU
+under TCG; nothing here is a fake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from qemu.qmp import ConnectError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+GUEST_ASM = Path(__file__).parent / "guest" / "cpr-test-guest.asm"
+QEMU = os.environ.get("LIVEUPDATE_QEMU", "qemu-system-x86_64")
+DISK_SIZE = 1 << 20          # SeaBIOS does not boot a bare 512-byte disk
+INFO_ADDR = 0x5000
+MAGIC = 0x47525043           # 'CPRG'
+PATTERN_BASE = 0xA5
+
+
+def guest_disk(cache_dir: Path) -> Path:
+    """Assemble the guest (nasm) into a 1 MiB raw disk, cached by source hash."""
+    source = GUEST_ASM.read_bytes()
+    disk = cache_dir / ("cpr-test-guest-%s.img" % hashlib.sha256(source).hexdigest()[:12])
+    if not disk.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        boot = cache_dir / "cpr-test-guest.bin"
+        subprocess.run(["nasm", "-f", "bin", str(GUEST_ASM), "-o", str(boot)], check=True)
+        data = boot.read_bytes()
+        assert len(data) == 512 and data[-2:] == b"\x55\xaa", "guest must be one boot sector"
+        temp = disk.with_suffix(".tmp")
+        temp.write_bytes(data + bytes(DISK_SIZE - len(data)))
+        temp.rename(disk)
+    return disk
+
+
+@dataclass
+class TestVm:
+    """One VM: its name, where its QMP socket is, and how its RAM is backed."""
+    name: str
+    qmp_dir: Path
+    disk: Path
+    ram_mb: int = 64
+    ram: str = "shm"            # shm (shared tmpfs file), file:PATH, anon, memfd
+    qmp_form: str = "qmp"       # qmp (-qmp unix:) or chardev (-chardev + -mon)
+    extra: List[str] = field(default_factory=list)
+    machine: str = "q35"
+    pid: Optional[int] = None
+
+    @property
+    def qmp_path(self) -> Path:
+        return self.qmp_dir / (self.name + ".qmp")
+
+    @property
+    def own_disk(self) -> Path:
+        """Each VM boots its own copy: QEMU locks a disk image for writing."""
+        return self.qmp_dir / (self.name + ".img")
+
+    @property
+    def ram_path(self) -> Optional[str]:
+        if self.ram == "shm":
+            return "/dev/shm/liveupdate-test-%s-%s" % (os.getpid(), self.name)
+        if self.ram.startswith("file:"):
+            return self.ram[len("file:"):]
+        return None
+
+    def argv(self) -> List[str]:
+        argv = [QEMU, "-name", "guest=%s,debug-threads=on" % self.name, "-accel", "tcg",
+                "-machine", self.machine, "-m", "%dM" % self.ram_mb, "-nodefaults", "-display", "none",
+                "-drive", "file=%s,format=raw,if=ide" % self.own_disk]
+        size = "%dM" % self.ram_mb
+        if self.ram_path:
+            argv += ["-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, self.ram_path),
+                     "-machine", "memory-backend=ram0"]
+        elif self.ram == "memfd":
+            argv += ["-object", "memory-backend-memfd,id=ram0,size=%s" % size, "-machine", "memory-backend=ram0"]
+        if self.qmp_form == "qmp":
+            argv += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
+        else:
+            argv += ["-chardev", "socket,id=mon0,path=%s,server=on,wait=off" % self.qmp_path,
+                     "-mon", "chardev=mon0,mode=control"]
+        return argv + self.extra
+
+    def start(self, timeout: float = 20.0) -> "TestVm":
+        self.qmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(self.disk, self.own_disk)
+        log = open(self.qmp_dir / (self.name + ".console.log"), "ab")
+        process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+        log.close()
+        self.pid = process.pid
+        deadline = time.monotonic() + timeout
+        while not _listening(self.qmp_path):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("QEMU for %s did not start: %s" % (
+                    self.name, (self.qmp_dir / (self.name + ".console.log")).read_text(errors="replace")))
+            time.sleep(0.01)
+        return self
+
+    def qmp(self) -> QEMUMonitorProtocol:
+        deadline = time.monotonic() + 10
+        while True:
+            monitor = QEMUMonitorProtocol(str(self.qmp_path))
+            try:
+                monitor.connect()
+                return monitor
+            except ConnectError:
+                # QEMU serves one monitor client at a time; wait for the last to be gone
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def wait_booted(self, timeout: float = 20.0) -> "GuestState":
+        deadline = time.monotonic() + timeout
+        while True:
+            state = probe(self)
+            if state.magic == MAGIC and state.counter > 0:
+                return state
+            if time.monotonic() > deadline:
+                raise RuntimeError("guest %s did not start its loop: %r" % (self.name, state))
+            time.sleep(0.1)
+
+
+def _listening(path: Path) -> bool:
+    probe_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe_socket.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe_socket.close()
+
+
+@dataclass
+class GuestState:
+    magic: int
+    counter: int
+    nonce: int
+    range_start: int
+    range_end: int
+    pattern_ok: bool
+    pattern_detail: str
+    status: str
+
+
+def probe(vm: TestVm) -> GuestState:
+    """Read the guest's info block and page bytes over QMP, with the VM briefly stopped
+    so that the page bytes and the counter come from the same instant."""
+    monitor = vm.qmp()
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as scratch:
+        try:
+            status = monitor.cmd("query-status")["status"]
+            if status == "running":
+                monitor.cmd("stop")
+            dump = os.path.join(scratch, "info")
+            monitor.cmd("pmemsave", val=INFO_ADDR, size=24, filename=dump)
+            magic, counter, nonce, start, end = struct.unpack("<IIQII", Path(dump).read_bytes())
+            detail, ok = "guest not started", False
+            if magic == MAGIC and start < end:
+                pages = os.path.join(scratch, "pages")
+                monitor.cmd("pmemsave", val=start, size=end - start, filename=pages)
+                ok, detail = check_pattern(Path(pages).read_bytes()[::4096], counter)
+            if status == "running":
+                monitor.cmd("cont")
+        finally:
+            monitor.close()
+    return GuestState(magic, counter, nonce, start, end, ok, detail, status)
+
+
+def check_pattern(first_bytes: bytes, counter: int) -> "tuple[bool, str]":
+    """After N passes each page holds 0xA5+N; a pass under way leaves a prefix one higher."""
+    base = (PATTERN_BASE + counter) & 0xFF
+    ahead = (base + 1) & 0xFF
+    split = 0
+    while split < len(first_bytes) and first_bytes[split] == ahead:
+        split += 1
+    rest = first_bytes[split:]
+    if all(value == base for value in rest):
+        return True, "%d pages at %#x, %d at %#x" % (len(rest), base, split, ahead)
+    bad = next(i for i, value in enumerate(rest) if value != base) + split
+    return False, "page %d holds %#x; expected %#x (counter %d)" % (bad, first_bytes[bad], base, counter)
+
+
+def kill_all(qmp_dir: Path) -> None:
+    """Kill every QEMU whose QMP socket is under qmp_dir, and clean its RAM files."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc/%s/cmdline" % entry).read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and str(qmp_dir) in cmdline:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for leftover in Path("/dev/shm").glob("liveupdate-test-%s-*" % os.getpid()):
+        leftover.unlink()
+
+
+def qemu_available() -> str:
+    found = shutil.which(QEMU)
+    if not found:
+        raise RuntimeError("%s is not installed; run `make setup` (QEMU 8.2+ from bookworm-backports)." % QEMU)
+    return found

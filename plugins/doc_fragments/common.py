@@ -1,0 +1,81 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Documentation of the options in module_utils/args_common.py."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # SCOPE_ARGS
+    DOCUMENTATION = r"""
+options:
+  vms:
+    description:
+      - Names of the VMs to act on, as given by C(-name guest=NAME) (or the QMP socket's file name when a VM has no name).
+      - Empty means every VM in scope.
+      - A name that matches no running VM and no journal record is an error.
+    type: list
+    elements: str
+    default: []
+  state_dir:
+    description:
+      - Directory of the restart journal and the state files, created with mode 0700.
+      - It must be on a filesystem that survives the reboot, and have room for the state files.
+    type: path
+    default: /var/lib/liveupdate-cpr
+  timeout:
+    description:
+      - Seconds one VM's migration (save or load) may take before it counts as failed.
+    type: int
+    default: 600
+requirements:
+  - qemu.qmp (Python library) on the managed host
+  - QEMU 8.2 or later (cpr-reboot migration mode)
+notes:
+  - QMP is root over a VM, so the modules run as root, and the journal and state files are root-only.
+  - Secrets on a QEMU command line, such as C(-object secret,data=...), are masked in everything the modules return.
+"""
+
+    # SELECTION_ARGS
+    SELECTION = r"""
+options:
+  qmp_dir:
+    description:
+      - Only VMs whose QMP unix socket lies under this directory are in scope.
+      - When unset, every QEMU process on the host is in scope.
+      - A socket there that answers but is not a QMP monitor is an error; a socket nothing listens on is a warning.
+    type: path
+"""
+
+    # RAM_ARGS
+    RAM = r"""
+options:
+  reboot_method:
+    description:
+      - What happens between save and restore; it decides whether guest RAM survives.
+      - V(kexec) keeps RAM on devdax, DAX-mounted pmem and declared persistent paths.
+      - V(reboot) (firmware reboot) keeps only real NVDIMM RAM and declared persistent paths, not C(memmap=) pmem.
+      - V(none) (QEMU restart only) keeps any shared, named memory-backend-file RAM, tmpfs included.
+    type: str
+    choices: [kexec, reboot, none]
+    default: kexec
+  ram_policy:
+    description:
+      - What to do with a VM whose RAM would not survive.
+      - V(fail) refuses before any VM of the host is paused.
+      - V(save_ram) writes the RAM into the state file (no x-ignore-shared). Slower, larger, but safe.
+    type: str
+    choices: [fail, save_ram]
+    default: fail
+  ram_policy_per_vm:
+    description:
+      - Per-VM overrides of O(ram_policy), as a mapping of VM name to V(fail) or V(save_ram).
+    type: dict
+    default: {}
+  persistent_paths:
+    description:
+      - Paths whose files the operator declares to survive the reboot, for RAM backends on them.
+    type: list
+    elements: path
+    default: []
+"""

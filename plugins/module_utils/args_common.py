@@ -1,0 +1,35 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The argument specs the modules share; doc_fragments/common.py documents them."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.journal import DEFAULT_STATE_DIR
+from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES, REBOOT_METHODS
+
+SCOPE_ARGS: Dict[str, Any] = {
+    "vms": {"type": "list", "elements": "str", "default": []},
+    "state_dir": {"type": "path", "default": DEFAULT_STATE_DIR},
+    "timeout": {"type": "int", "default": 600},
+}
+
+SELECTION_ARGS: Dict[str, Any] = {
+    "qmp_dir": {"type": "path"},
+}
+
+RAM_ARGS: Dict[str, Any] = {
+    "reboot_method": {"type": "str", "choices": list(REBOOT_METHODS), "default": "kexec"},
+    "ram_policy": {"type": "str", "choices": list(RAM_POLICIES), "default": "fail"},
+    "ram_policy_per_vm": {"type": "dict", "default": {}},
+    "persistent_paths": {"type": "list", "elements": "path", "default": []},
+}
+
+
+def spec(*parts: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    merged: Dict[str, Any] = {}
+    for part in parts:
+        merged.update(part)
+    merged.update(extra)
+    return merged

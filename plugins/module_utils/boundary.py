@@ -1,0 +1,45 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The only place where engine errors become fail_json."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Type, TypeVar
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QMP_IMPORT_ERROR
+from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES
+
+
+Options = TypeVar("Options")
+
+
+def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], options: Type[Options]) -> None:
+    """Build ``options`` from the module's params, run ``engine`` and exit with its result or its error."""
+    if QMP_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("qemu.qmp"), exception=QMP_IMPORT_ERROR)
+    bad = {vm: policy for vm, policy in module.params.get("ram_policy_per_vm", {}).items() if policy not in RAM_POLICIES}
+    if bad:
+        module.fail_json(msg="ram_policy_per_vm: %s; each policy must be one of %s." % (
+            ", ".join("%s=%s" % item for item in sorted(bad.items())), ", ".join(RAM_POLICIES)))
+    try:
+        names = {f.name for f in dataclasses.fields(options)}  # type: ignore[arg-type]
+        chosen = {key: value for key, value in module.params.items() if key in names}
+        result = engine(options(check_mode=module.check_mode, **chosen))  # type: ignore[call-arg]
+    except CprError as exc:
+        _hide_secrets(module)
+        details = exc.as_dict()
+        module.fail_json(msg=str(exc), **{k: v for k, v in details.items() if k not in ("msg", "failed")})
+    _hide_secrets(module)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+def _hide_secrets(module: AnsibleModule) -> None:
+    """Ansible masks these strings wherever they would appear in output or logs."""
+    module.no_log_values.update(qemu_argv.KNOWN_SECRETS)

@@ -1,0 +1,136 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The restart journal: one JSON record per VM in a root-only state dir.
+
+A record is written atomically (temp file, fsync, rename, fsync of the dir)
+before its VM is paused, so whatever happens next, the argv, the state file
+and the phase needed to bring the VM back are on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import JournalError
+
+DEFAULT_STATE_DIR = "/var/lib/liveupdate-cpr"
+SCHEMA = 1
+SAVING, SAVED, SAVE_FAILED = "saving", "saved", "save_failed"
+RESTORING, RESTORED, RESTORE_FAILED = "restoring", "restored", "restore_failed"
+# A VM in one of these phases is down and waits for vm_restore.
+AWAITING_RESTORE = (SAVED, RESTORING, RESTORE_FAILED)
+RECORD_SUFFIX = ".json"
+STATE_SUFFIX = ".state"
+
+
+def now() -> float:
+    return round(time.time(), 6)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The state dir of one host."""
+
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR) -> None:
+        self.state_dir = os.path.abspath(state_dir)
+
+    def ensure(self) -> None:
+        """Create the dir 0700, or refuse one that others could read or that we cannot write."""
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            info = os.stat(self.state_dir)
+            if stat.S_IMODE(info.st_mode) & 0o077:
+                os.chmod(self.state_dir, 0o700)
+            probe = tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-")
+            probe.close()
+        except OSError as exc:
+            raise JournalError("state dir %s is not usable: %s." % (self.state_dir, exc.strerror or exc),
+                               fix="choose a state_dir on a local, writable filesystem that root owns.") from exc
+        if info.st_uid != os.geteuid():
+            raise JournalError("state dir %s belongs to uid %d, not to us." % (self.state_dir, info.st_uid),
+                               fix="chown it to root or choose another state_dir.")
+
+    def record_path(self, vm: str) -> str:
+        return os.path.join(self.state_dir, vm + RECORD_SUFFIX)
+
+    def state_path(self, vm: str) -> str:
+        return os.path.join(self.state_dir, vm + STATE_SUFFIX)
+
+    def log_path(self, vm: str) -> str:
+        return os.path.join(self.state_dir, vm + ".log")
+
+    def read(self, vm: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.record_path(vm)) as handle:
+                record = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise JournalError("journal record %s cannot be read: %s." % (self.record_path(vm), exc), vm=vm,
+                               fix="inspect the file; the VM's state file is kept beside it.") from exc
+        if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+            raise JournalError("journal record %s has an unknown format." % self.record_path(vm), vm=vm)
+        return record
+
+    def records(self) -> List[Dict[str, Any]]:
+        try:
+            names = sorted(os.listdir(self.state_dir))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name.endswith(RECORD_SUFFIX) and not name.startswith("."):
+                record = self.read(name[:-len(RECORD_SUFFIX)])
+                if record is not None:
+                    found.append(record)
+        return found
+
+    def write(self, record: Dict[str, Any]) -> Dict[str, Any]:
+        record["schema"] = SCHEMA
+        record["updated_at"] = now()
+        path = self.record_path(record["vm"])
+        fd, temp = tempfile.mkstemp(dir=self.state_dir, prefix="." + record["vm"] + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(record, handle, indent=1, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temp, path)
+            fsync_path(self.state_dir)
+        except OSError as exc:
+            if os.path.exists(temp):
+                os.unlink(temp)
+            raise JournalError("cannot write journal record %s: %s." % (path, exc.strerror or exc),
+                               vm=record["vm"], fix="free space in the state dir or choose another one.") from exc
+        return record
+
+    def set_phase(self, record: Dict[str, Any], phase: str, **fields: Any) -> Dict[str, Any]:
+        record["phase"] = phase
+        record.setdefault("timestamps", {})[phase] = now()
+        record.update(fields)
+        return self.write(record)
+
+    def free_bytes(self) -> int:
+        info = os.statvfs(self.state_dir)
+        return info.f_bavail * info.f_frsize

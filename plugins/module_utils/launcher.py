@@ -1,0 +1,118 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Start QEMU so that it outlives the Ansible task that started it.
+
+Where systemd is PID 1 the process runs in a transient unit (no Restart=,
+so it never fights a later save); elsewhere it runs in a session of its own
+with its output in the state dir. Either way no shell is involved.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, systemd_is_init
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import socket_peer_pid
+
+UNIT_PREFIX = "liveupdate-cpr-"
+LOG_TAIL_BYTES = 2000
+
+
+@dataclass
+class Launched:
+    pid: int
+    unit: Optional[str]
+    log: Optional[str]
+    method: str
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"pid": self.pid, "unit": self.unit, "log": self.log, "method": self.method}
+
+
+def log_tail(path: Optional[str]) -> str:
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - LOG_TAIL_BYTES))
+        return handle.read().decode(errors="replace").strip()
+
+
+def _drops_privileges_itself(argv: Sequence[str]) -> bool:
+    return qemu_argv.has_flag(argv, "runas") or any(
+        "user" in dict(qemu_argv.split_keyval(value)) for value in qemu_argv.values_of(argv, "run-with"))
+
+
+def _unit_name(vm: str) -> str:
+    return "%s%s-%d" % (UNIT_PREFIX, re.sub(r"[^A-Za-z0-9_.-]", "_", vm), int(time.time()))
+
+
+def _start_systemd_unit(record: Dict[str, Any], argv: List[str]) -> str:
+    unit = _unit_name(record["vm"])
+    command = [shutil.which("systemd-run") or "systemd-run", "--unit", unit, "--collect", "--quiet",
+               "--working-directory", record["cwd"],
+               "--property", "Type=%s" % ("forking" if qemu_argv.has_flag(argv, "daemonize") else "exec")]
+    pidfile = qemu_argv.pidfile(argv)
+    if pidfile:
+        command += ["--property", "PIDFile=%s" % pidfile]
+    if not _drops_privileges_itself(argv) and record["uid"] != 0:
+        command += ["--uid", str(record["uid"]), "--gid", str(record["gid"])]
+    for key, value in sorted(record.get("environ", {}).items()):
+        command.append("--setenv=%s=%s" % (key, value))
+    command += ["--", record["binary"]] + argv[1:]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise RestoreError("systemd-run could not start QEMU: %s" % result.stderr.strip(), vm=record["vm"],
+                           fix="see `journalctl -u %s`; the state file and journal are kept." % unit)
+    return unit
+
+
+def _start_detached(record: Dict[str, Any], argv: List[str], log: str) -> "subprocess.Popen[bytes]":
+    credentials: Dict[str, Any] = {}
+    if not _drops_privileges_itself(argv) and record["uid"] != os.geteuid():
+        credentials = {"user": record["uid"], "group": record["gid"], "extra_groups": []}
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(argv, executable=record["binary"], cwd=record["cwd"], env=record.get("environ") or {},
+                                stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, close_fds=True,
+                                start_new_session=True, **credentials)
+    except OSError as exc:
+        raise RestoreError("cannot start %s: %s." % (record["binary"], exc), vm=record["vm"],
+                           fix="check that the QEMU binary is installed; the state file and journal are kept.") from exc
+    finally:
+        os.close(fd)
+
+
+def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 60.0) -> Launched:
+    """Start ``argv`` and wait until its QMP socket is served by a live QEMU."""
+    socket_path = record["qmp"]["path"]
+    if systemd_is_init():
+        unit: Optional[str] = _start_systemd_unit(record, argv)
+        child = None
+        where: Optional[str] = None
+    else:
+        unit, where = None, log
+        child = _start_detached(record, argv, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        peer = socket_peer_pid(socket_path)
+        if peer is not None and process_exists(peer):
+            if child is not None and child.poll() is None and child.pid != peer:
+                pass  # -daemonize: the parent waits for the child; keep waiting for it to go
+            else:
+                return Launched(peer, unit, where, "systemd-run" if unit else "detached")
+        if child is not None and child.poll() not in (None, 0):
+            break
+        time.sleep(0.01)
+    detail = log_tail(where) if where else "see journalctl -u %s" % unit
+    if child is not None and child.poll() is None:
+        child.kill()
+    raise RestoreError("QEMU did not serve its QMP socket %s within %.0f s: %s" % (socket_path, timeout, detail or "no output"),
+                       vm=record["vm"], fix="fix what QEMU reports and run vm_restore again; the state file and journal are kept.")

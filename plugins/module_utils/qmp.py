@@ -1,0 +1,165 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A small synchronous facade over qemu.qmp.
+
+Each session owns a private event loop, so several sessions can run in
+threads side by side (one per VM during a concurrent save). Every wait is
+bounded, and every failure becomes a QmpError naming the VM and the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import traceback
+from typing import Any, Dict, List, Mapping, NoReturn, Optional
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
+
+QMP_IMPORT_ERROR: Optional[str]
+try:
+    from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient, QMPError
+except ImportError:  # pragma: no cover - reported by the module boundary
+    QMP_IMPORT_ERROR = traceback.format_exc()
+else:
+    QMP_IMPORT_ERROR = None
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_COMMAND_TIMEOUT = 30.0
+# Events kept for timing: QEMU stamps them itself, so the blackout we report
+# is QEMU's own view of when the guest stopped and resumed.
+TIMED_EVENTS = ("STOP", "RESUME", "MIGRATION", "SHUTDOWN")
+
+
+def event_time(event: Mapping[str, Any]) -> float:
+    stamp = event.get("timestamp", {})
+    return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
+
+
+class QmpSession:
+    """One QMP connection to one VM: ``with QmpSession(path, vm) as qmp: ...``."""
+
+    def __init__(self, socket_path: str, vm: Optional[str] = None,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+        self.socket_path = socket_path
+        self.vm = vm
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.events: List[Dict[str, Any]] = []
+        self._loop = asyncio.new_event_loop()
+        self._client: Any = None
+        self._listener: Any = None
+
+    # -- connection -------------------------------------------------------
+    def connect(self) -> "QmpSession":
+        if not os.path.exists(self.socket_path):
+            raise QmpError("QMP socket %s does not exist." % self.socket_path, self.vm,
+                           self.socket_path,
+                           fix="check the VM's -qmp/-chardev path and that its QEMU still runs.")
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            self._client = QMPClient(self.vm or "liveupdate-cpr")
+            self._listener = EventListener(TIMED_EVENTS)
+            self._client.register_listener(self._listener)
+            try:
+                self._run(self._client.connect(self.socket_path), max(0.5, deadline - time.monotonic()))
+                return self
+            except ConnectError as exc:
+                # QEMU serves one monitor client at a time and refuses others
+                # until it has noticed the previous one leave: try again.
+                if isinstance(exc.exc, ConnectionRefusedError) and time.monotonic() < deadline:
+                    self._client = None
+                    time.sleep(0.02)
+                    continue
+                self._connect_failed(exc)
+            except (QmpError, OSError, QMPError) as exc:
+                self._connect_failed(exc)
+
+    def _connect_failed(self, exc: Exception) -> NoReturn:
+        self.close()
+        if isinstance(exc, QmpError):  # our timeout: something listens but never greets as QMP
+            raise QmpError("%s answers, but not as a QMP monitor within %.0f s." % (
+                self.socket_path, self.connect_timeout), self.vm, self.socket_path,
+                fix="point at the VM's QMP socket (mode=control), not at a console or HMP socket.") from exc
+        if isinstance(exc, ConnectError) and isinstance(exc.exc, OSError):
+            raise QmpError("cannot connect to QMP socket %s: %s." % (self.socket_path, exc.exc.strerror or exc.exc),
+                           self.vm, self.socket_path,
+                           fix="check that the VM's QEMU runs and that no other client holds its monitor.") from exc
+        raise QmpError("%s answers, but the QMP handshake failed: %s." % (self.socket_path, exc),
+                       self.vm, self.socket_path,
+                       fix="point at the VM's QMP socket (mode=control), not at a console or HMP socket.") from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), 5))
+            except (EOFError, OSError, QMPError, asyncio.TimeoutError):
+                # After `quit` QEMU closes the socket first; qemu.qmp may then
+                # raise EOFError from disconnect. That is the expected end.
+                pass
+            self._client = None
+        if not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> "QmpSession":
+        return self.connect()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- commands ---------------------------------------------------------
+    def execute(self, command: str, arguments: Optional[Mapping[str, object]] = None,
+                timeout: Optional[float] = None) -> Any:
+        if self._client is None:
+            raise QmpError("QMP session is not connected.", self.vm, self.socket_path)
+        try:
+            return self._run(self._client.execute(command, arguments),
+                             timeout if timeout is not None else self.command_timeout)
+        except ExecuteError as exc:
+            raise QmpError("QEMU refused %s: %s" % (command, exc), self.vm, self.socket_path,
+                           error_class=exc.error_class, qemu_message=str(exc)) from exc
+        except (EOFError, OSError, QMPError) as exc:
+            raise QmpError("QMP command %s failed: %s" % (command, exc or type(exc).__name__),
+                           self.vm, self.socket_path) from exc
+
+    def quit(self) -> None:
+        """Send `quit`; the connection drops as QEMU exits, which is fine."""
+        try:
+            self.execute("quit", timeout=10)
+        except QmpError as exc:
+            if exc.error_class is not None:
+                raise
+
+    def drain_events(self) -> List[Dict[str, Any]]:
+        if self._listener is not None:
+            for message in self._listener.clear():
+                self.events.append(dict(message))
+        return self.events
+
+    def last_event_time(self, name: str) -> Optional[float]:
+        for event in reversed(self.drain_events()):
+            if event.get("event") == name:
+                return event_time(event)
+        return None
+
+    def wait_for(self, predicate: Any, timeout: float, interval: float = 0.02,
+                 what: str = "condition") -> Any:
+        """Poll ``predicate(self)`` until it returns a truthy value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate(self)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise QmpError("timed out after %.0f s waiting for %s." % (timeout, what),
+                               self.vm, self.socket_path)
+            time.sleep(interval)
+
+    def _run(self, coroutine: Any, timeout: float) -> Any:
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
+        except asyncio.TimeoutError as exc:
+            raise QmpError("no answer on %s within %.0f s." % (self.socket_path, timeout),
+                           self.vm, self.socket_path) from exc

@@ -1,0 +1,78 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A QEMU-only update in one call: save, quit, start the installed binary, load.
+
+Each VM goes through the whole cycle in its own thread, so its blackout is
+the save, the QEMU start and the load, never an Ansible round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, NotReadyError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import restore_one
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
+    SaveOptions, assess_all, check_state_dir, preflight, public_view, save_one)
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+
+
+@dataclass
+class RelaunchOptions(SaveOptions):
+    force: bool = False
+    keep_state: bool = False
+
+
+def _cycle(ready: Readiness, journal: jr.Journal, opts: RelaunchOptions) -> Dict[str, Any]:
+    record = save_one(ready, journal, opts.timeout)
+    return restore_one(record, journal, opts.keep_state, opts.timeout)
+
+
+def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
+    opts.reboot_method = "none"
+    journal = jr.Journal(opts.state_dir)
+    check_state_dir(journal, opts.check_mode)
+    records = {r["vm"]: r for r in journal.records()}
+    scope = select(opts.qmp_dir, opts.vms, list(records))
+    waiting = [name for name, r in records.items() if r.get("phase") in jr.AWAITING_RESTORE]
+    if waiting:
+        raise NotReadyError("the journal holds unrestored saves of %s." % ", ".join(sorted(waiting)), vm=sorted(waiting)[0],
+                            fix="run vm_restore first; vm_relaunch only cycles running VMs.")
+    for vm in scope.running:
+        check_name(vm.name)
+    assessed = assess_all(scope.running, opts, check_outdated=True)
+    results: List[Dict[str, Any]] = []
+    chosen = []
+    for ready in assessed:
+        if opts.force or ready.outdated:
+            chosen.append(ready)
+        else:
+            results.append({"vm": ready.vm.name, "action": "up_to_date", "qemu_version": ready.qemu_version,
+                            "binary": ready.vm.binary})
+    preflight(chosen, journal, opts.check_mode)
+    if opts.check_mode:
+        results.extend(dict(r.as_dict(), vm=r.vm.name, action="would_relaunch",
+                            reason=r.outdated or "force") for r in chosen)
+        return {"changed": bool(chosen), "vms": results, "warnings": scope.warnings}
+    failures = []
+    for ready, outcome in run_each(chosen, lambda r: _cycle(r, journal, opts)):
+        if isinstance(outcome, CprError):
+            failures.append(outcome.as_dict())
+        elif isinstance(outcome, Exception):
+            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=ready.vm.name).as_dict())
+        else:
+            results.append(dict(public_view(outcome, "relaunched"), reason=ready.outdated or "force",
+                                previous_qemu_version=ready.qemu_version))
+    changed = any(r["action"] == "relaunched" for r in results)
+    if failures:
+        raise CprError("%d of %d VMs failed to relaunch: %s." % (
+            len(failures), len(chosen), "; ".join("%s: %s" % (f["vm"], f["error"]) for f in failures)),
+            vm=failures[0]["vm"], fix="a VM whose save failed is still running; one whose restore failed is in the "
+                                      "journal: run vm_restore after fixing the cause.",
+            failures=failures, vms=results, changed=changed)
+    return {"changed": changed, "vms": results, "warnings": scope.warnings}

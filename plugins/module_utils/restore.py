@@ -1,0 +1,167 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Bring saved VMs back from the journal.
+
+Per VM: the state file's sha256 is checked before QEMU starts; QEMU starts
+with the recorded argv (machine type pinned) plus ``-incoming defer``;
+``migrate-incoming`` runs with exit-on-error off, so a failed load leaves
+QEMU alive with QEMU's reason readable. The state file is deleted only
+once the VM is verified running.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import launch
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
+    _migration_result, public_view, set_cpr_mode, wait_gone)
+
+RUN_STATES_AFTER_LOAD = ("running", "paused")
+
+
+@dataclass
+class RestoreOptions:
+    vms: Sequence[str] = ()
+    state_dir: str = jr.DEFAULT_STATE_DIR
+    keep_state: bool = False
+    timeout: float = 600.0
+    check_mode: bool = False
+
+
+def verify_state_file(record: Dict[str, Any]) -> None:
+    state_file = record["state_file"]
+    if not os.path.exists(state_file):
+        raise RestoreError("state file %s is missing." % state_file, vm=record["vm"],
+                           fix="the saved device state is gone; the guest cannot be resumed from it.")
+    digest = jr.sha256_of(state_file)
+    if digest != record.get("state_sha256"):
+        raise RestoreError("state file %s does not match its journal record (sha256 %s, recorded %s); QEMU was not started." % (
+            state_file, digest[:16], str(record.get("state_sha256"))[:16]), vm=record["vm"],
+            fix="find the intact state file; a changed one would load the wrong device state.")
+    if record.get("x_ignore_shared"):
+        missing = [b["mem_path"] for b in record.get("ram_backends", []) if b.get("mem_path") and not os.path.exists(b["mem_path"])]
+        if missing:
+            raise RestoreError("guest RAM backing %s is missing; QEMU was not started." % ", ".join(missing), vm=record["vm"],
+                               fix="bring the persistent memory back (e.g. ndctl create-namespace) before restoring.")
+
+
+def _quit_failed_incoming(record: Dict[str, Any]) -> None:
+    """A QEMU left waiting after a failed load holds no guest state; make room for a fresh try."""
+    for vm in running_qemus():
+        if vm.name == record["vm"] and vm.qmp is not None:
+            with QmpSession(vm.qmp.path, vm.name) as session:
+                if readiness.run_status(session) not in ("inmigrate", "postmigrate", "shutdown"):
+                    raise RestoreError("a QEMU named %s already runs (pid %d) and is %s." % (
+                        vm.name, vm.pid, readiness.run_status(session)), vm=vm.name,
+                        fix="if that VM is the restored one, its journal will be updated by the next vm_restore.")
+                session.quit()
+            wait_gone(vm.pid, 30)
+
+
+def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, timeout: float) -> Dict[str, Any]:
+    verify_state_file(record)
+    if record.get("phase") == jr.RESTORE_FAILED:
+        _quit_failed_incoming(record)
+    record = journal.set_phase(record, jr.RESTORING, error=None)
+    argv = qemu_argv.with_incoming_defer(record["launch_argv"])
+    started = launch(record, argv, journal.log_path(record["vm"]))
+    try:
+        with QmpSession(record["qmp"]["path"], record["vm"]) as session:
+            set_cpr_mode(session, record["x_ignore_shared"])
+            session.execute("migrate-incoming", {"uri": "file:" + record["state_file"], "exit-on-error": False})
+            info = _migration_result(session, timeout)
+            if info.get("status") != "completed":
+                raise RestoreError("QEMU could not load the saved state: %s" % info.get("error-desc", info.get("status")),
+                                   vm=record["vm"], qemu_message=info.get("error-desc"),
+                                   fix="QEMU (pid %d) was left running to show the error; the state file and journal "
+                                       "are kept. Fix the cause and run vm_restore again." % started.pid)
+            status = readiness.run_status(session)
+            if record.get("run_state_at_save") == "running" and status != "running":
+                session.execute("cont")
+            want = "running" if record.get("run_state_at_save") == "running" else "paused"
+            session.wait_for(lambda s: readiness.run_status(s) == want, 30, what="the VM to be %s" % want)
+            resumed_at = session.last_event_time("RESUME") or jr.now()
+    except CprError as exc:
+        journal.set_phase(record, jr.RESTORE_FAILED, error=exc.message, pid=started.pid, launch=started.as_dict())
+        raise
+    if not process_exists(started.pid):
+        raise RestoreError("QEMU pid %d exited right after its restore." % started.pid, vm=record["vm"])
+    kept = record["state_file"] if keep_state else None
+    if not keep_state:
+        os.unlink(record["state_file"])
+    paused_at = record.get("paused_at") or resumed_at
+    return journal.set_phase(record, jr.RESTORED, pid=started.pid, launch=started.as_dict(), resumed_at=resumed_at,
+                             blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept)
+
+
+def _running_named(names: Sequence[str]) -> Dict[str, int]:
+    return {vm.name: vm.pid for vm in running_qemus() if vm.name in names}
+
+
+def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
+    journal = jr.Journal(opts.state_dir)
+    records = {r["vm"]: r for r in journal.records()}
+    unknown = [name for name in opts.vms if name not in records]
+    if unknown:
+        raise ScopeError("the journal in %s has no record of %s. It has: %s." % (
+            opts.state_dir, ", ".join(unknown), ", ".join(sorted(records)) or "nothing"),
+            vm=unknown[0], fix="check vms and state_dir.")
+    chosen = [records[name] for name in sorted(records) if not opts.vms or name in opts.vms]
+    running = _running_named([r["vm"] for r in chosen])
+    results: List[Dict[str, Any]] = []
+    todo: List[Dict[str, Any]] = []
+    for record in chosen:
+        phase = record.get("phase")
+        if phase in (jr.RESTORED, jr.SAVE_FAILED):
+            results.append(public_view(record, "already_running" if phase == jr.RESTORED else "not_saved"))
+        elif phase == jr.SAVING:
+            raise RestoreError("the journal says a save was under way and never finished.", vm=record["vm"],
+                               fix="run vm_save again first; it finishes or explains the interrupted save.")
+        elif phase == jr.RESTORING and record["vm"] in running and _is_up(record):
+            results.append(public_view(record if opts.check_mode else journal.set_phase(record, jr.RESTORED, pid=running[record["vm"]]),
+                                       "already_running"))
+        elif record["vm"] in running and phase != jr.RESTORE_FAILED:
+            raise RestoreError("a QEMU named %s already runs (pid %d) while its journal says %s." % (
+                record["vm"], running[record["vm"]], phase), vm=record["vm"],
+                fix="if that VM was cold-booted on purpose, move its .json and .state files out of %s." % opts.state_dir)
+        else:
+            todo.append(record)
+    if opts.check_mode:
+        for record in todo:
+            verify_state_file(record)
+            results.append(public_view(record, "would_restore"))
+        return {"changed": bool(todo), "vms": results}
+    failures: List[Dict[str, Any]] = []
+    for record, outcome in run_each(todo, lambda r: restore_one(r, journal, opts.keep_state, opts.timeout)):
+        if isinstance(outcome, CprError):
+            failures.append(outcome.as_dict())
+        elif isinstance(outcome, Exception):
+            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=record["vm"]).as_dict())
+        else:
+            results.append(public_view(outcome, "restored"))
+    changed = any(r["action"] == "restored" for r in results)
+    if failures:
+        raise RestoreError("%d of %d VMs failed to restore; their state files and journal records are kept: %s." % (
+            len(failures), len(todo), "; ".join("%s: %s" % (f["vm"], f["error"]) for f in failures)),
+            vm=failures[0]["vm"], fix="see each VM's error, fix it and run vm_restore again.",
+            failures=failures, vms=results, changed=changed)
+    return {"changed": changed, "vms": results}
+
+
+def _is_up(record: Dict[str, Any]) -> bool:
+    try:
+        with QmpSession(record["qmp"]["path"], record["vm"], connect_timeout=5) as session:
+            return readiness.run_status(session) in RUN_STATES_AFTER_LOAD
+    except QmpError:
+        return False
+
+

@@ -1,0 +1,266 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Save the VMs of a host with cpr-reboot: all checked first, then all at once.
+
+Order per VM, each step only after the one before it is safe:
+journal record on disk -> migrate to the state file -> fsync and hash ->
+quit -> process gone -> phase `saved`. A save that fails before `quit`
+resumes the VM and keeps the partial file apart, so it never passes for a
+good one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, ram_verdict, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, process_exists
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
+    CprError, JournalError, NotReadyError, QmpError, SaveError)
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+
+PARTIAL_SUFFIX = ".partial"
+# Device state is about 300 KB; leave room for it and for the journal.
+DEVICE_STATE_ALLOWANCE = 8 << 20
+FREE_SPACE_MARGIN = 64 << 20
+MIGRATION_DONE = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class SaveOptions:
+    qmp_dir: Optional[str] = None
+    vms: Sequence[str] = ()
+    state_dir: str = jr.DEFAULT_STATE_DIR
+    reboot_method: str = "kexec"
+    ram_policy: str = "fail"
+    ram_policy_per_vm: Dict[str, str] = field(default_factory=dict)
+    persistent_paths: Sequence[str] = ()
+    timeout: float = 600.0
+    check_mode: bool = False
+
+    def policy_for(self, vm: str) -> str:
+        return self.ram_policy_per_vm.get(vm, self.ram_policy)
+
+
+def check_state_dir(journal: jr.Journal, check_mode: bool) -> None:
+    if not check_mode:
+        journal.ensure()
+        return
+    parent = journal.state_dir
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise JournalError("state dir %s is not writable." % journal.state_dir,
+                           fix="choose a state_dir on a local, writable filesystem that root owns.")
+
+
+def assess_all(vms: Sequence[Any], opts: SaveOptions, check_outdated: bool = False) -> List[readiness.Readiness]:
+    mounts = ram_verdict.read_mounts()
+    outcomes = run_each(list(vms), lambda vm: readiness.assess(
+        vm, opts.reboot_method, opts.policy_for(vm.name), opts.persistent_paths, mounts, check_outdated))
+    results = []
+    for vm, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+        results.append(outcome)
+    return results
+
+
+def preflight(ready: Sequence[readiness.Readiness], journal: jr.Journal, check_mode: bool) -> None:
+    """Refuse the whole host, before any VM is paused, if any VM may not be saved."""
+    problems = ["%s: %s" % (r.vm.name, "; ".join(r.reasons)) for r in ready if not r.ready]
+    overlaps = ram_verdict.overlapping_ranges({r.vm.name: r.vm.ram for r in ready})
+    problems.extend("RAM ranges overlap: %s" % overlap for overlap in overlaps)
+    if problems:
+        raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems),
+                            vm=next((r.vm.name for r in ready if not r.ready), None),
+                            fix="fix each VM named above, or leave it out with vms.",
+                            not_ready={r.vm.name: r.reasons for r in ready if r.reasons})
+    needed = sum(estimated_state_size(r) for r in ready) + FREE_SPACE_MARGIN
+    if not check_mode or os.path.isdir(journal.state_dir):
+        free = journal.free_bytes() if os.path.isdir(journal.state_dir) else needed
+        if free < needed:
+            raise NotReadyError("state dir %s has %d MiB free, the saves need about %d MiB." % (
+                journal.state_dir, free >> 20, needed >> 20), fix="free space there or choose another state_dir.")
+
+
+def estimated_state_size(ready: readiness.Readiness) -> int:
+    ram = sum(b.size or 0 for b in ready.vm.ram)
+    saves_ram = ready.verdict is not None and not ready.verdict.x_ignore_shared
+    return DEVICE_STATE_ALLOWANCE + (ram if saves_ram else 0)
+
+
+def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any]:
+    vm = ready.vm
+    assert ready.verdict is not None and vm.qmp is not None and ready.machine_type is not None
+    return {
+        "vm": vm.name, "host": socket.gethostname(), "pid": vm.pid,
+        "argv": vm.argv,
+        "launch_argv": qemu_argv.pin_machine_type(qemu_argv.without_incoming(vm.argv), ready.machine_type),
+        "cwd": vm.cwd, "environ": vm.environ, "uid": vm.uid, "gid": vm.gid,
+        "binary": vm.binary, "qemu_version": ready.qemu_version, "machine_type": ready.machine_type,
+        "qmp": {"path": vm.qmp.path, "form": vm.qmp.form},
+        "state_file": journal.state_path(vm.name), "ram_policy": ready.verdict.policy,
+        "mode": ready.verdict.mode, "x_ignore_shared": ready.verdict.x_ignore_shared,
+        "reboot_method": ready.verdict.reboot_method,
+        "ram_backends": [b.as_dict() for b in vm.ram], "run_state_at_save": ready.status,
+        "supervisor": vm.supervisor.as_dict(), "error": None, "timestamps": {},
+    }
+
+
+def public_view(record: Dict[str, Any], action: str) -> Dict[str, Any]:
+    """A journal record as modules return it: no environment values, argv redacted."""
+    view = {key: value for key, value in record.items() if key not in ("environ", "argv", "launch_argv")}
+    view["argv"] = qemu_argv.redact(record.get("launch_argv", []))
+    view["action"] = action
+    return view
+
+
+def _migration_result(session: QmpSession, timeout: float) -> Dict[str, Any]:
+    def finished(s: QmpSession) -> Optional[Dict[str, Any]]:
+        info: Dict[str, Any] = s.execute("query-migrate")
+        return info if info.get("status") in MIGRATION_DONE else None
+    result: Dict[str, Any] = session.wait_for(finished, timeout, what="the migration to finish")
+    return result
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_exists(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def set_cpr_mode(session: QmpSession, x_ignore_shared: bool) -> None:
+    session.execute("migrate-set-capabilities",
+                    {"capabilities": [{"capability": "x-ignore-shared", "state": x_ignore_shared}]})
+    session.execute("migrate-set-parameters", {"mode": "cpr-reboot"})
+
+
+def _resume_after_failure(session: QmpSession, record: Dict[str, Any]) -> str:
+    """Leave the VM as it was before the save: running if it ran, in normal mode."""
+    status = readiness.run_status(session)
+    if record["run_state_at_save"] == "running" and status != "running":
+        session.execute("cont")
+        status = readiness.run_status(session)
+    session.execute("migrate-set-parameters", {"mode": "normal"})
+    session.execute("migrate-set-capabilities",
+                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+    return status
+
+
+def _set_aside_partial(state_file: str) -> Optional[str]:
+    if not os.path.exists(state_file):
+        return None
+    os.rename(state_file, state_file + PARTIAL_SUFFIX)
+    return state_file + PARTIAL_SUFFIX
+
+
+def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) -> Dict[str, Any]:
+    """Save one ready VM; the journal record is on disk before the VM pauses."""
+    vm = ready.vm
+    assert vm.qmp is not None
+    record = journal.set_phase(new_record(ready, journal), jr.SAVING)
+    state_file = record["state_file"]
+    with QmpSession(vm.qmp.path, vm.name) as session:
+        try:
+            set_cpr_mode(session, record["x_ignore_shared"])
+            started = jr.now()
+            session.execute("migrate", {"uri": "file:" + state_file})
+            info = _migration_result(session, timeout)
+            if info.get("status") != "completed":
+                raise SaveError("QEMU's migration ended %s: %s" % (info.get("status"), info.get("error-desc", "no reason given")),
+                                vm=vm.name)
+            status = readiness.run_status(session)
+            if status != "postmigrate":
+                raise SaveError("after the migration the VM is %s, not postmigrate." % status, vm=vm.name)
+            jr.fsync_path(state_file)
+            paused_at = session.last_event_time("STOP") or started
+            journal.write(dict(record, state_sha256=jr.sha256_of(state_file), state_size=os.path.getsize(state_file),
+                               state_complete=True, paused_at=paused_at,
+                               save_seconds=round(jr.now() - paused_at, 6)))
+            record = journal.read(vm.name) or record
+        except CprError as exc:
+            failure = exc
+            try:
+                status = _resume_after_failure(session, record)
+            except QmpError as resume_exc:
+                status = "unknown (%s)" % resume_exc.message
+            partial = _set_aside_partial(state_file)
+            journal.set_phase(record, jr.SAVE_FAILED, error=failure.message, status_after_failure=status,
+                              partial_state_file=partial)
+            raise SaveError("save failed and the VM was left %s: %s" % (status, failure.message), vm=vm.name,
+                            fix="fix the cause QEMU names; the VM keeps running, nothing was lost.",
+                            partial_state_file=partial, qemu_message=getattr(failure, "qemu_message", None)) from exc
+        session.quit()
+    if not wait_gone(vm.pid, 30):
+        raise SaveError("QEMU pid %d did not exit after quit; its state file is complete." % vm.pid, vm=vm.name,
+                        fix="check the process; once it is gone, vm_restore can bring the VM back.")
+    return journal.set_phase(record, jr.SAVED)
+
+
+def finish_interrupted(record: Dict[str, Any], journal: jr.Journal) -> Optional[Dict[str, Any]]:
+    """A save that hashed its state file and then lost its task is a save."""
+    if record.get("phase") == jr.SAVING and record.get("state_complete"):
+        return journal.set_phase(record, jr.SAVED)
+    if record.get("phase") == jr.SAVING:
+        raise SaveError("the journal says a save was under way, but QEMU is gone and the state file is incomplete.",
+                        vm=record["vm"], fix="the guest is lost unless its QEMU is found; inspect %s." % journal.record_path(record["vm"]))
+    return None
+
+
+def save_host(opts: SaveOptions) -> Dict[str, Any]:
+    journal = jr.Journal(opts.state_dir)
+    check_state_dir(journal, opts.check_mode)
+    records = {r["vm"]: r for r in journal.records()}
+    scope = select(opts.qmp_dir, opts.vms, list(records))
+    running = scope.by_name()
+    results: List[Dict[str, Any]] = []
+    for name, record in sorted(records.items()):
+        if name in running or (opts.vms and name not in opts.vms):
+            continue
+        if record.get("phase") in jr.AWAITING_RESTORE or record.get("phase") == jr.SAVING:
+            finished = record if opts.check_mode else finish_interrupted(record, journal) or record
+            if opts.qmp_dir is None or opts.vms or _under_dir(record, opts.qmp_dir):
+                results.append(public_view(finished, "already_saved"))
+    conflicts = [name for name in running if records.get(name, {}).get("phase") in jr.AWAITING_RESTORE]
+    if conflicts:
+        raise NotReadyError("%s run, but the journal holds their unrestored saves." % ", ".join(conflicts), vm=conflicts[0],
+                            fix="restore them with vm_restore; if they were cold-booted on purpose, move their .json and "
+                                ".state files out of %s first." % journal.state_dir)
+    for name in running:
+        check_name(name)
+    ready = assess_all(list(running.values()), opts)
+    preflight(ready, journal, opts.check_mode)
+    if opts.check_mode:
+        plan = [dict(r.as_dict(), action="would_save", mode=r.verdict.mode if r.verdict else None) for r in ready]
+        return {"changed": bool(plan), "vms": plan + results, "warnings": scope.warnings}
+    failures: List[Dict[str, Any]] = []
+    for item, outcome in run_each(ready, lambda r: save_one(r, journal, opts.timeout)):
+        if isinstance(outcome, CprError):
+            failures.append(outcome.as_dict())
+        elif isinstance(outcome, Exception):
+            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=item.vm.name).as_dict())
+        else:
+            results.append(public_view(outcome, "saved"))
+    changed = any(r["action"] == "saved" for r in results)
+    if failures:
+        raise SaveError("%d of %d VMs failed to save; those were left running: %s." % (
+            len(failures), len(ready), "; ".join("%s: %s" % (f["vm"], f["error"]) for f in failures)),
+            vm=failures[0]["vm"], fix="see each VM's error; do not reboot this host until every VM is saved.",
+            failures=failures, vms=results, changed=changed)
+    return {"changed": changed, "vms": results, "warnings": scope.warnings}
+
+
+def _under_dir(record: Dict[str, Any], qmp_dir: str) -> bool:
+    path = os.path.realpath(record.get("qmp", {}).get("path", ""))
+    return path.startswith(os.path.realpath(qmp_dir).rstrip("/") + "/")

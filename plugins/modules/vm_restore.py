@@ -1,0 +1,89 @@
+#!/usr/bin/python
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_restore
+short_description: Restore the QEMU VMs that vm_save saved, from the journal
+version_added: 0.1.0
+description:
+  - For each VM the journal in O(state_dir) holds as saved, checks the state file's sha256 and that the RAM
+    backing files exist, before QEMU starts.
+  - Starts QEMU with the recorded argv plus C(-incoming defer), the machine type pinned to the versioned type the VM
+    ran, in its recorded cwd, environment and uid/gid. Where systemd is PID 1 it runs in a transient unit
+    C(liveupdate-cpr-NAME-TIME.service); elsewhere in a session of its own, logging to C(STATE_DIR/NAME.log).
+    A C(-daemonize) argv works in both.
+  - Sets x-ignore-shared and mode cpr-reboot as recorded, runs C(migrate-incoming) with C(exit-on-error=false),
+    and checks the VM is running again (C(cont) if it ran when saved). A failed load leaves QEMU alive with the error
+    readable, and keeps the state file and journal.
+  - Deletes the state file only after the VM is verified running, unless O(keep_state).
+  - Reports each VM's blackout, from QEMU's STOP event at save to its RESUME event at restore.
+author:
+  - liveupdate.cpr contributors
+extends_documentation_fragment:
+  - liveupdate.cpr.common
+options:
+  keep_state:
+    description: Keep the state file after a successful restore.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    description: Verifies every state file and reports which VMs would be restored; starts nothing.
+    support: full
+  diff_mode:
+    description: No diff is produced.
+    support: none
+  idempotent:
+    description: VMs already restored are reported unchanged.
+    support: full
+seealso:
+  - module: liveupdate.cpr.vm_save
+"""
+
+EXAMPLES = r"""
+- name: Bring back every VM saved on this host
+  liveupdate.cpr.vm_restore:
+  register: restored
+
+- name: Show each VM's blackout
+  ansible.builtin.debug:
+    msg: "{{ restored.vms | map(attribute='blackout_seconds', default='-') | list }}"
+"""
+
+RETURN = r"""
+vms:
+  description: One entry per VM in the journal that was chosen.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vm: {description: VM name., type: str, returned: always}
+    action: {description: "restored, already_running, not_saved or (check mode) would_restore.", type: str, returned: always}
+    pid: {description: Process id of the restored QEMU., type: int, returned: when restored}
+    blackout_seconds: {description: Seconds from QEMU's STOP at save to its RESUME at restore., type: float, returned: when restored}
+    launch: {description: "How QEMU was started: method, pid, systemd unit or log file.", type: dict, returned: when restored}
+failures:
+  description: Per-VM errors; their state files and journal records were kept.
+  returned: failure
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
+from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import SCOPE_ARGS, spec
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, keep_state={"type": "bool", "default": False}),
+                           supports_check_mode=True)
+    boundary.run(module, restore_host, RestoreOptions)
+
+
+if __name__ == "__main__":
+    main()
