@@ -56,7 +56,7 @@ class TestVm:
     ram: str = "shm"            # shm (shared tmpfs file), file:PATH, anon, memfd
     qmp_form: str = "qmp"       # qmp (-qmp unix:) or chardev (-chardev + -mon)
     extra: List[str] = field(default_factory=list)
-    machine: str = "q35"
+    machine: Optional[str] = "q35"   # None: QEMU's default machine type
     pid: Optional[int] = None
 
     @property
@@ -77,9 +77,11 @@ class TestVm:
         return None
 
     def argv(self) -> List[str]:
-        argv = [QEMU, "-name", "guest=%s,debug-threads=on" % self.name, "-accel", "tcg",
-                "-machine", self.machine, "-m", "%dM" % self.ram_mb, "-nodefaults", "-display", "none",
-                "-drive", "file=%s,format=raw,if=ide" % self.own_disk]
+        argv = [QEMU, "-name", "guest=%s,debug-threads=on" % self.name, "-accel", "tcg"]
+        if self.machine:
+            argv += ["-machine", self.machine]
+        argv += ["-m", "%dM" % self.ram_mb, "-nodefaults", "-display", "none",
+                 "-drive", "file=%s,format=raw,if=ide" % self.own_disk]
         size = "%dM" % self.ram_mb
         if self.ram_path:
             argv += ["-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, self.ram_path),
@@ -93,17 +95,18 @@ class TestVm:
                      "-mon", "chardev=mon0,mode=control"]
         return argv + self.extra
 
-    def start(self, timeout: float = 20.0) -> "TestVm":
+    def start(self, timeout: float = 20.0) -> TestVm:
         self.qmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.copyfile(self.disk, self.own_disk)
-        log = open(self.qmp_dir / (self.name + ".console.log"), "ab")
-        process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   start_new_session=True)
-        log.close()
+        with open(self.qmp_dir / (self.name + ".console.log"), "ab") as log:
+            process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
         self.pid = process.pid
+        daemonizes = "-daemonize" in self.extra
         deadline = time.monotonic() + timeout
         while not _listening(self.qmp_path):
-            if process.poll() is not None or time.monotonic() > deadline:
+            exited = process.poll() is not None and not (daemonizes and process.returncode == 0)
+            if exited or time.monotonic() > deadline:
                 raise RuntimeError("QEMU for %s did not start: %s" % (
                     self.name, (self.qmp_dir / (self.name + ".console.log")).read_text(errors="replace")))
             time.sleep(0.01)
@@ -122,7 +125,7 @@ class TestVm:
                     raise
                 time.sleep(0.02)
 
-    def wait_booted(self, timeout: float = 20.0) -> "GuestState":
+    def wait_booted(self, timeout: float = 20.0) -> GuestState:
         deadline = time.monotonic() + timeout
         while True:
             state = probe(self)
@@ -180,7 +183,7 @@ def probe(vm: TestVm) -> GuestState:
     return GuestState(magic, counter, nonce, start, end, ok, detail, status)
 
 
-def check_pattern(first_bytes: bytes, counter: int) -> "tuple[bool, str]":
+def check_pattern(first_bytes: bytes, counter: int) -> tuple[bool, str]:
     """After N passes each page holds 0xA5+N; a pass under way leaves a prefix one higher."""
     base = (PATTERN_BASE + counter) & 0xFF
     ahead = (base + 1) & 0xFF

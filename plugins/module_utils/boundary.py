@@ -14,7 +14,6 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprEr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QMP_IMPORT_ERROR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES
 
-
 Options = TypeVar("Options")
 
 

@@ -86,7 +86,7 @@ def _read(path: str) -> bytes:
 def _status_fields(pid: int) -> Dict[str, str]:
     fields: Dict[str, str] = {}
     for line in _read("%s/%d/status" % (PROC, pid)).decode(errors="replace").splitlines():
-        key, _, value = line.partition(":")
+        key, value = line.split(":", 1) if ":" in line else (line, "")
         fields[key] = value.strip()
     return fields
 

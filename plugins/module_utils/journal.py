@@ -62,8 +62,8 @@ class Journal:
             info = os.stat(self.state_dir)
             if stat.S_IMODE(info.st_mode) & 0o077:
                 os.chmod(self.state_dir, 0o700)
-            probe = tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-")
-            probe.close()
+            with tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-"):
+                pass
         except OSError as exc:
             raise JournalError("state dir %s is not usable: %s." % (self.state_dir, exc.strerror or exc),
                                fix="choose a state_dir on a local, writable filesystem that root owns.") from exc

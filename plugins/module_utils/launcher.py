@@ -74,7 +74,7 @@ def _start_systemd_unit(record: Dict[str, Any], argv: List[str]) -> str:
     return unit
 
 
-def _start_detached(record: Dict[str, Any], argv: List[str], log: str) -> "subprocess.Popen[bytes]":
+def _start_detached(record: Dict[str, Any], argv: List[str], log: str) -> subprocess.Popen[bytes]:
     credentials: Dict[str, Any] = {}
     if not _drops_privileges_itself(argv) and record["uid"] != os.geteuid():
         credentials = {"user": record["uid"], "group": record["gid"], "extra_groups": []}
@@ -114,5 +114,6 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
     detail = log_tail(where) if where else "see journalctl -u %s" % unit
     if child is not None and child.poll() is None:
         child.kill()
-    raise RestoreError("QEMU did not serve its QMP socket %s within %.0f s: %s" % (socket_path, timeout, detail or "no output"),
-                       vm=record["vm"], fix="fix what QEMU reports and run vm_restore again; the state file and journal are kept.")
+    raise RestoreError(
+        "QEMU did not serve its QMP socket %s within %.0f s: %s" % (socket_path, timeout, detail or "no output"),
+        vm=record["vm"], fix="fix what QEMU reports and run vm_restore again; the state file and journal are kept.")

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 # QEMU options that take no argument (qemu-options.hx, x86 system emulator).
-FLAG_OPTIONS = frozenset("""
-S s daemonize nodefaults no-reboot no-shutdown nographic snapshot no-user-config
-enable-kvm full-screen no-hpet no-acpi no-fd-bootchk win2k-hack rtc-td-hack no-quit
-only-migratable preconfig version help h curses portrait alt-grab ctrl-grab no-frame
-sdl nodefconfig semihosting xen-attach enable-fips mem-prealloc no-kvm enable-sync-profile
-""".split())
+FLAG_OPTIONS = frozenset((
+    "S", "s", "daemonize", "nodefaults", "no-reboot", "no-shutdown", "nographic", "snapshot",
+    "no-user-config", "enable-kvm", "full-screen", "no-hpet", "no-acpi", "no-fd-bootchk", "win2k-hack",
+    "rtc-td-hack", "no-quit", "only-migratable", "preconfig", "version", "help", "h", "curses", "portrait",
+    "alt-grab", "ctrl-grab", "no-frame", "sdl", "nodefconfig", "semihosting", "xen-attach", "enable-fips",
+    "mem-prealloc", "no-kvm", "enable-sync-profile",
+))
 
 REDACTED = "********"
 # Keys whose value is a secret wherever they appear, and the secret objects
@@ -82,7 +83,7 @@ def split_keyval(text: str, implied_key: Optional[str] = None) -> List[Tuple[str
     pairs: List[Tuple[str, str]] = []
     for position, item in enumerate(items):
         if "=" in item:
-            key, _, value = item.partition("=")
+            key, value = item.split("=", 1)
             pairs.append((key, value))
         elif position == 0 and implied_key:
             pairs.append((implied_key, item))
@@ -94,8 +95,8 @@ def split_keyval(text: str, implied_key: Optional[str] = None) -> List[Tuple[str
 def join_keyval(pairs: Sequence[Tuple[str, str]], implied_key: Optional[str] = None) -> str:
     parts = []
     for position, (key, value) in enumerate(pairs):
-        value = value.replace(",", ",,")
-        parts.append(value if position == 0 and key == implied_key else "%s=%s" % (key, value))
+        escaped = value.replace(",", ",,")
+        parts.append(escaped if position == 0 and key == implied_key else "%s=%s" % (key, escaped))
     return ",".join(parts)
 
 
@@ -169,17 +170,17 @@ def qmp_endpoints(argv: Sequence[str]) -> Tuple[List[QmpEndpoint], List[str]]:
     chardevs: Dict[str, Dict[str, str]] = {}
     for opt in options:
         if opt.name == "chardev" and opt.value is not None:
-            spec = dict(split_keyval(opt.value, "backend"))
-            if "id" in spec:
-                chardevs[spec["id"]] = spec
+            chardev = dict(split_keyval(opt.value, "backend"))
+            if "id" in chardev:
+                chardevs[chardev["id"]] = chardev
     for opt in options:
         if opt.name == "mon" and opt.value is not None:
             mon = dict(split_keyval(opt.value, "chardev"))
             if mon.get("mode", "readline") != "control":
                 continue
-            chardev = chardevs.get(mon.get("chardev", ""))
-            if chardev and chardev.get("backend") == "socket" and chardev.get("path"):
-                endpoints.append(QmpEndpoint(chardev["path"], "chardev"))
+            target = chardevs.get(mon.get("chardev", ""), {})
+            if target.get("backend") == "socket" and target.get("path"):
+                endpoints.append(QmpEndpoint(target["path"], "chardev"))
             else:
                 unusable.append("-mon chardev=%s is not a unix socket chardev" % mon.get("chardev"))
     return endpoints, unusable
@@ -239,8 +240,9 @@ def _redact_pairs(pairs: List[Tuple[str, str]], secret_object: bool) -> Tuple[Li
     for key, value in pairs:
         if (key in SECRET_KEYS and value.lower() not in BOOLEAN_WORDS) or (secret_object and key == "data"):
             found.append(value)
-            value = REDACTED
-        out.append((key, value))
+            out.append((key, REDACTED))
+        else:
+            out.append((key, value))
     return out, found
 
 
@@ -285,7 +287,7 @@ def redact(argv: Sequence[str]) -> List[str]:
 # -- rewriting for the restart ----------------------------------------------
 def without_incoming(argv: Sequence[str]) -> List[str]:
     """argv minus any ``-incoming X``: a restored VM carries ours from last time."""
-    drop = set()
+    drop: Set[int] = set()
     for opt in parse_options(argv):
         if opt.name == "incoming":
             drop.update((opt.index, opt.index + 1))
@@ -312,12 +314,10 @@ def pin_machine_type(argv: Sequence[str], resolved: str) -> List[str]:
     out = list(argv)
     last = None
     for opt in parse_options(argv):
-        if opt.name in ("machine", "M") and opt.value is not None:
-            if "type" in dict(split_keyval(opt.value, "type")):
-                last = opt
-    if last is None:
+        if opt.name in ("machine", "M") and opt.value is not None and "type" in dict(split_keyval(opt.value, "type")):
+            last = opt
+    if last is None or last.value is None:
         return [out[0], "-machine", resolved] + out[1:]
-    assert last.value is not None
     pairs = [(k, resolved if k == "type" else v) for k, v in split_keyval(last.value, "type")]
     out[last.index + 1] = join_keyval(pairs, "type")
     return out

@@ -53,7 +53,7 @@ class QmpSession:
         self._listener: Any = None
 
     # -- connection -------------------------------------------------------
-    def connect(self) -> "QmpSession":
+    def connect(self) -> QmpSession:
         if not os.path.exists(self.socket_path):
             raise QmpError("QMP socket %s does not exist." % self.socket_path, self.vm,
                            self.socket_path,
@@ -103,7 +103,7 @@ class QmpSession:
         if not self._loop.is_closed():
             self._loop.close()
 
-    def __enter__(self) -> "QmpSession":
+    def __enter__(self) -> QmpSession:
         return self.connect()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -16,13 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import RamBackend
 
 REBOOT_METHODS = ("kexec", "reboot", "none")
 RAM_POLICIES = ("fail", "save_ram")
 MODE_IGNORE_SHARED = "ignore-shared"
 MODE_SAVE_RAM = "save-ram"
+FIX_RAM = ("put the RAM of %(vm)s on a share=on memory-backend-file on /dev/daxN.M or DAX pmem, declare its path in "
+           "persistent_paths, or write its RAM into the state file with ram_policy_per_vm: {%(vm)s: save_ram}")
 DAX_DEVICE = re.compile(r"^/dev/dax\d+\.\d+$")
 # An nd bus of provider e820 is `memmap=` RAM: it survives kexec, not a power cycle.
 VOLATILE_ND_PROVIDER = "e820"
@@ -154,13 +155,6 @@ def judge(vm: str, backends: Sequence[RamBackend], reboot_method: str, policy: s
         return RamVerdict(reboot_method, policy, MODE_SAVE_RAM, True, verdicts,
                           reasons + ["ram_policy save_ram: RAM goes into the state file"])
     return RamVerdict(reboot_method, policy, MODE_IGNORE_SHARED, False, verdicts, reasons)
-
-
-def refuse(vm: str, verdict: RamVerdict) -> NotReadyError:
-    return NotReadyError(
-        "RAM would not survive reboot_method=%s: %s." % (verdict.reboot_method, "; ".join(verdict.reasons)),
-        vm=vm, fix="put guest RAM on a share=on memory-backend-file on /dev/daxN.M or DAX pmem, "
-                   "declare its path in persistent_paths, or set ram_policy=save_ram to write RAM into the state file.")
 
 
 def overlapping_ranges(vms: Dict[str, Sequence[RamBackend]]) -> List[str]:

@@ -27,6 +27,7 @@ class Readiness:
     vm: QemuProcess
     ready: bool = False
     reasons: List[str] = field(default_factory=list)
+    fixes: List[str] = field(default_factory=list)
     qemu_version: Optional[str] = None
     status: Optional[str] = None
     machine_type: Optional[str] = None
@@ -99,12 +100,14 @@ def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: S
     result = Readiness(vm)
     if vm.supervisor.refusal:
         result.reasons.append("supervised: %s; our quit would be undone behind our back" % vm.supervisor.refusal)
+        result.fixes.append("run %s outside its supervisor (or with restarts off), or leave it out with vms" % vm.name)
     result.verdict = ram_verdict.judge(vm.name, vm.ram, reboot_method, policy, persistent_paths, mounts)
     if not result.verdict.ok:
         result.reasons.extend("RAM would be lost: %s" % reason for reason in result.verdict.reasons)
+        result.fixes.append(ram_verdict.FIX_RAM % {"vm": vm.name})
     if vm.qmp is None:
-        result.reasons.append("no unix QMP monitor (%s); add -qmp unix:PATH,server=on,wait=off" % (
-            "; ".join(vm.qmp_problems) or "none configured"))
+        result.reasons.append("no unix QMP monitor (%s)" % ("; ".join(vm.qmp_problems) or "none configured"))
+        result.fixes.append("start %s with -qmp unix:PATH,server=on,wait=off" % vm.name)
         return result
     try:
         with QmpSession(vm.qmp.path, vm.name) as session:
@@ -117,11 +120,15 @@ def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: S
             else:
                 result.blockers = read_blockers(session)
                 result.reasons.extend("QEMU blocks cpr-reboot: %s" % blocker for blocker in result.blockers)
+                if result.blockers:
+                    result.fixes.append("remove what QEMU names from %s, or leave it out with vms" % vm.name)
     except QmpError as exc:
         result.reasons.append(str(exc.message))
+        result.fixes.append(exc.fix or "check the QMP socket of %s" % vm.name)
         return result
     if result.status not in SAVABLE_STATES:
         result.reasons.append("run state is %s; only a running or paused VM can be saved" % result.status)
+        result.fixes.append("wait until %s is running or paused" % vm.name)
     if check_outdated:
         result.outdated = outdated_reason(vm, result.qemu_version)
     result.ready = not result.reasons

@@ -18,7 +18,13 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprEr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import restore_one
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
-    SaveOptions, assess_all, check_state_dir, preflight, public_view, save_one)
+    SaveOptions,
+    assess_all,
+    check_state_dir,
+    preflight,
+    public_view,
+    save_one,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
 

@@ -22,8 +22,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import pr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
-    _migration_result, public_view, set_cpr_mode, wait_gone)
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import _migration_result, public_view, set_cpr_mode, wait_gone
 
 RUN_STATES_AFTER_LOAD = ("running", "paused")
 
@@ -48,7 +47,8 @@ def verify_state_file(record: Dict[str, Any]) -> None:
             state_file, digest[:16], str(record.get("state_sha256"))[:16]), vm=record["vm"],
             fix="find the intact state file; a changed one would load the wrong device state.")
     if record.get("x_ignore_shared"):
-        missing = [b["mem_path"] for b in record.get("ram_backends", []) if b.get("mem_path") and not os.path.exists(b["mem_path"])]
+        missing = [b["mem_path"] for b in record.get("ram_backends", [])
+                   if b.get("mem_path") and not os.path.exists(b["mem_path"])]
         if missing:
             raise RestoreError("guest RAM backing %s is missing; QEMU was not started." % ", ".join(missing), vm=record["vm"],
                                fix="bring the persistent memory back (e.g. ndctl create-namespace) before restoring.")
@@ -127,8 +127,8 @@ def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
             raise RestoreError("the journal says a save was under way and never finished.", vm=record["vm"],
                                fix="run vm_save again first; it finishes or explains the interrupted save.")
         elif phase == jr.RESTORING and record["vm"] in running and _is_up(record):
-            results.append(public_view(record if opts.check_mode else journal.set_phase(record, jr.RESTORED, pid=running[record["vm"]]),
-                                       "already_running"))
+            finished = record if opts.check_mode else journal.set_phase(record, jr.RESTORED, pid=running[record["vm"]])
+            results.append(public_view(finished, "already_running"))
         elif record["vm"] in running and phase != jr.RESTORE_FAILED:
             raise RestoreError("a QEMU named %s already runs (pid %d) while its journal says %s." % (
                 record["vm"], running[record["vm"]], phase), vm=record["vm"],
@@ -163,5 +163,3 @@ def _is_up(record: Dict[str, Any]) -> bool:
             return readiness.run_status(session) in RUN_STATES_AFTER_LOAD
     except QmpError:
         return False
-
-

@@ -22,7 +22,12 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, r
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, process_exists
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
-    CprError, JournalError, NotReadyError, QmpError, SaveError)
+    CprError,
+    JournalError,
+    NotReadyError,
+    QmpError,
+    SaveError,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
@@ -66,7 +71,7 @@ def assess_all(vms: Sequence[Any], opts: SaveOptions, check_outdated: bool = Fal
     outcomes = run_each(list(vms), lambda vm: readiness.assess(
         vm, opts.reboot_method, opts.policy_for(vm.name), opts.persistent_paths, mounts, check_outdated))
     results = []
-    for vm, outcome in outcomes:
+    for _vm, outcome in outcomes:
         if isinstance(outcome, Exception):
             raise outcome
         results.append(outcome)
@@ -81,7 +86,7 @@ def preflight(ready: Sequence[readiness.Readiness], journal: jr.Journal, check_m
     if problems:
         raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems),
                             vm=next((r.vm.name for r in ready if not r.ready), None),
-                            fix="fix each VM named above, or leave it out with vms.",
+                            fix="; ".join(fix for r in ready for fix in r.fixes) or "make the ranges disjoint with offset=.",
                             not_ready={r.vm.name: r.reasons for r in ready if r.reasons})
     needed = sum(estimated_state_size(r) for r in ready) + FREE_SPACE_MARGIN
     if not check_mode or os.path.isdir(journal.state_dir):
@@ -99,7 +104,8 @@ def estimated_state_size(ready: readiness.Readiness) -> int:
 
 def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any]:
     vm = ready.vm
-    assert ready.verdict is not None and vm.qmp is not None and ready.machine_type is not None
+    if ready.verdict is None or vm.qmp is None or ready.machine_type is None:
+        raise NotReadyError("was not fully assessed before its save.", vm=vm.name)
     return {
         "vm": vm.name, "host": socket.gethostname(), "pid": vm.pid,
         "argv": vm.argv,
@@ -168,10 +174,9 @@ def _set_aside_partial(state_file: str) -> Optional[str]:
 def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) -> Dict[str, Any]:
     """Save one ready VM; the journal record is on disk before the VM pauses."""
     vm = ready.vm
-    assert vm.qmp is not None
     record = journal.set_phase(new_record(ready, journal), jr.SAVING)
     state_file = record["state_file"]
-    with QmpSession(vm.qmp.path, vm.name) as session:
+    with QmpSession(record["qmp"]["path"], vm.name) as session:
         try:
             set_cpr_mode(session, record["x_ignore_shared"])
             started = jr.now()
@@ -214,7 +219,8 @@ def finish_interrupted(record: Dict[str, Any], journal: jr.Journal) -> Optional[
         return journal.set_phase(record, jr.SAVED)
     if record.get("phase") == jr.SAVING:
         raise SaveError("the journal says a save was under way, but QEMU is gone and the state file is incomplete.",
-                        vm=record["vm"], fix="the guest is lost unless its QEMU is found; inspect %s." % journal.record_path(record["vm"]))
+                        vm=record["vm"],
+                        fix="the guest is lost unless its QEMU is found; inspect %s." % journal.record_path(record["vm"]))
     return None
 
 
@@ -262,5 +268,5 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
 
 
 def _under_dir(record: Dict[str, Any], qmp_dir: str) -> bool:
-    path = os.path.realpath(record.get("qmp", {}).get("path", ""))
+    path = os.path.realpath(str(record.get("qmp", {}).get("path", "")))
     return path.startswith(os.path.realpath(qmp_dir).rstrip("/") + "/")

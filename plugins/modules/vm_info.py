@@ -17,7 +17,7 @@ description:
   - Read-only. It sends only C(query-*) commands, plus one reversible change; QEMU lists blockers only for the
     migration mode currently set, so the mode is set to cpr-reboot, the blockers read, and the previous mode put back.
 author:
-  - liveupdate.cpr contributors
+  - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
@@ -57,7 +57,11 @@ vms:
     name: {description: VM name., type: str, returned: always}
     pid: {description: QEMU process id., type: int, returned: always}
     ready: {description: Whether vm_save would save it now., type: bool, returned: always}
-    reasons: {description: Why it is not ready, one sentence each., type: list, elements: str, returned: always}
+    reasons:
+      description: Why it is not ready; one sentence each.
+      type: list
+      elements: str
+      returned: always
     argv: {description: Command line with secrets masked., type: list, elements: str, returned: always}
     qmp: {description: QMP socket path and form (qmp or chardev)., type: dict, returned: always}
     qemu_version: {description: Version QEMU reports over QMP., type: str, returned: when QMP answered}
@@ -65,8 +69,14 @@ vms:
     machine_type: {description: Versioned machine type the VM runs., type: str, returned: when QMP answered, sample: pc-q35-10.0}
     blockers: {description: QEMU's reasons that block a cpr-reboot save., type: list, elements: str, returned: always}
     ram: {description: RAM persistence verdict with one entry per backend., type: dict, returned: always}
-    supervisor: {description: Parent, cgroup and systemd unit, and why it refuses, if it does., type: dict, returned: always}
-    outdated: {description: Why the QEMU binary is outdated, or null., type: str, returned: always}
+    supervisor:
+      description: Parent process, cgroup and systemd unit; and why the VM is refused, if it is.
+      type: dict
+      returned: always
+    outdated:
+      description: Why the QEMU binary is outdated; null when it is not.
+      type: str
+      returned: always
 saved:
   description: Journal records of VMs that are not running, with their phase.
   returned: always

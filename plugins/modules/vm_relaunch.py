@@ -18,7 +18,7 @@ description:
     O(ram_policy=save_ram).
   - All the checks of M(liveupdate.cpr.vm_save) run for every chosen VM before any VM is paused.
 author:
-  - liveupdate.cpr contributors
+  - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
@@ -70,7 +70,10 @@ vms:
   contains:
     vm: {description: VM name., type: str, returned: always}
     action: {description: "relaunched, up_to_date or (check mode) would_relaunch.", type: str, returned: always}
-    reason: {description: Why it was relaunched (outdated binary, or force)., type: str, returned: when relaunched}
+    reason:
+      description: Why it was relaunched; the outdated binary, or force.
+      type: str
+      returned: when relaunched
     previous_qemu_version: {description: Version of the QEMU it left., type: str, returned: when relaunched}
     blackout_seconds: {description: Seconds from QEMU's STOP to its RESUME., type: float, returned: when relaunched}
 failures:

@@ -21,7 +21,7 @@ description:
   - Deletes the state file only after the VM is verified running, unless O(keep_state).
   - Reports each VM's blackout, from QEMU's STOP event at save to its RESUME event at restore.
 author:
-  - liveupdate.cpr contributors
+  - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
   - liveupdate.cpr.common
 options:
@@ -63,7 +63,10 @@ vms:
     vm: {description: VM name., type: str, returned: always}
     action: {description: "restored, already_running, not_saved or (check mode) would_restore.", type: str, returned: always}
     pid: {description: Process id of the restored QEMU., type: int, returned: when restored}
-    blackout_seconds: {description: Seconds from QEMU's STOP at save to its RESUME at restore., type: float, returned: when restored}
+    blackout_seconds:
+      description: Seconds from QEMU's STOP event at save to its RESUME event at restore.
+      type: float
+      returned: when restored
     launch: {description: "How QEMU was started: method, pid, systemd unit or log file.", type: dict, returned: when restored}
 failures:
   description: Per-VM errors; their state files and journal records were kept.

@@ -20,7 +20,7 @@ description:
     its journal record says C(save_failed) with QEMU's reason, and the task fails.
   - VMs the journal already holds as saved are reported unchanged.
 author:
-  - liveupdate.cpr contributors
+  - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
@@ -69,7 +69,11 @@ vms:
     state_size: {description: Bytes in the state file., type: int, returned: when saved}
     state_sha256: {description: Hash checked before the restore., type: str, returned: when saved}
     paused_at: {description: Epoch seconds of QEMU's STOP event., type: float, returned: when saved}
-    argv: {description: The argv the restore will use (machine type pinned), secrets masked., type: list, elements: str, returned: unless check mode}
+    argv:
+      description: The argv the restore will use (machine type pinned), secrets masked.
+      type: list
+      elements: str
+      returned: unless check mode
 failures:
   description: Per-VM errors when some saves failed; those VMs were left running.
   returned: failure

@@ -1,0 +1,54 @@
+# make demo: a local save-and-restore round trip of real VMs, set-up included.
+# make test: every check and test, set-up included. Both work on a fresh Debian 12.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest demo bench clean
+
+all: test
+
+setup: system-packages venv
+
+system-packages:
+	tools/install-system-packages.sh
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(STAMP)
+
+test: setup lint pytest
+
+lint: ruff mypy changelog-lint ansible-lint sanity
+
+ruff: venv
+	$(BIN)/ruff check .
+
+mypy: venv
+	cd .dev-collections && ../$(BIN)/mypy --config-file ../pyproject.toml -p ansible_collections.liveupdate.cpr.plugins
+
+changelog-lint: venv
+	$(BIN)/antsibull-changelog lint
+
+ansible-lint: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --profile production
+
+sanity: venv
+	tools/sanity.sh
+
+pytest: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+
+demo: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.demo
+
+bench: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""Shared fixtures: real QEMU VMs in a private directory, and Ansible runs against localhost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+from lab.testvm import TestVm, guest_disk, kill_all, qemu_available
+
+ROOT = Path(__file__).resolve().parent.parent
+INVENTORY = ROOT / "tests" / "integration" / "inventory.yml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def disk() -> Path:
+    qemu_available()  # a missing QEMU fails the run; it never skips
+    return guest_disk(ROOT / "build" / "cache")
+
+
+class Lab:
+    """One test's VMs: QMP sockets under qmp_dir, journal under state_dir."""
+
+    def __init__(self, disk: Path) -> None:
+        # unix socket paths are limited to 108 bytes, so keep this short
+        self.base = Path(tempfile.mkdtemp(prefix="lu-", dir="/tmp"))
+        self.qmp_dir = self.base / "qmp"
+        self.state_dir = self.base / "state"
+        self.disk = disk
+        self.vms: Dict[str, TestVm] = {}
+
+    def vm(self, name: str, **options: Any) -> TestVm:
+        vm = TestVm(name, self.qmp_dir, self.disk, **options).start()
+        self.vms[name] = vm
+        return vm
+
+    def cleanup(self) -> None:
+        kill_all(self.base)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(disk: Path) -> Iterator[Lab]:
+    bench = Lab(disk)
+    try:
+        yield bench
+    finally:
+        bench.cleanup()
+
+
+def _env(result_log: Path) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="result_log",
+               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", RESULT_LOG=str(result_log),
+               ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               PATH="%s:%s" % (BIN, env.get("PATH", "")))
+    return env
+
+
+class AnsibleRun:
+    """What one ansible or ansible-playbook run did, task by task."""
+
+    def __init__(self, command: List[str], timeout: float) -> None:
+        with tempfile.NamedTemporaryFile(prefix="ansible-results-", suffix=".jsonl") as log:
+            process = subprocess.run(command, cwd=ROOT, env=_env(Path(log.name)), capture_output=True, text=True,
+                                     timeout=timeout, check=False)
+            self.entries = [json.loads(line) for line in Path(log.name).read_text().splitlines() if line]
+        self.stdout = process.stdout
+        self.stderr = process.stderr
+        self.rc = process.returncode
+        if not self.entries:
+            raise AssertionError("ansible ran no task:\n%s\n%s" % (process.stdout, process.stderr))
+
+    def results(self) -> List[Dict[str, Any]]:
+        """Each task's result, in order."""
+        return [entry["result"] for entry in self.entries]
+
+    @property
+    def result(self) -> Dict[str, Any]:
+        return self.results()[-1]
+
+
+def run_module(module: str, args: Dict[str, Any], check: bool = False, verbose: bool = False) -> AnsibleRun:
+    """``ansible localhost -m liveupdate.cpr.MODULE -a JSON``: the ad-hoc path an operator uses."""
+    command = [str(BIN / "ansible"), "localhost", "-i", str(INVENTORY), "-m", "liveupdate.cpr." + module,
+               "-a", json.dumps(args)]
+    if check:
+        command.append("--check")
+    if verbose:
+        command.append("-vvv")
+    return AnsibleRun(command, 600)
+
+
+def run_playbook(playbook: Path, extra_vars: Optional[Dict[str, Any]] = None, check: bool = False) -> AnsibleRun:
+    command = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook), "-e", json.dumps(extra_vars or {})]
+    if check:
+        command.append("--check")
+    return AnsibleRun(command, 900)

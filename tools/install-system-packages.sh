@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need from Debian's packages on a
+# fresh Debian 12 machine: QEMU 8.2+ (cpr-reboot) from bookworm-backports,
+# nasm for the test guest, daemontools for the supervised-VM test, python3-venv.
+set -euo pipefail
+
+QEMU_PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data seabios qemu-utils)
+OTHER_PACKAGES=(nasm daemontools python3-venv rsync git ca-certificates)
+
+qemu_ok() {
+  command -v qemu-system-x86_64 >/dev/null || return 1
+  local version
+  version=$(qemu-system-x86_64 --version | sed -n 's/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  read -r major minor <<<"$version"
+  (( major > 8 || (major == 8 && minor >= 2) ))
+}
+
+others_ok() {
+  command -v nasm >/dev/null && command -v supervise >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
+    && command -v rsync >/dev/null
+}
+
+if qemu_ok && others_ok; then
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-system-packages: run as root or install sudo" >&2; exit 1; }
+  SUDO=(sudo)
+fi
+
+. /etc/os-release
+if [ "${ID:-}" != debian ] || [ "${VERSION_CODENAME:-}" != bookworm ]; then
+  echo "install-system-packages: this script knows Debian 12 (bookworm); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync and python3-venv yourself." >&2
+  exit 1
+fi
+
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -q
+# Debian 12's own QEMU is 7.2, without cpr-reboot: every QEMU package must come from backports together.
+"${SUDO[@]}" apt-get install -y -q --no-install-recommends \
+  "${QEMU_PACKAGES[@]/%//bookworm-backports}" "${OTHER_PACKAGES[@]}"
+qemu_ok || { echo "install-system-packages: QEMU >= 8.2 is still missing" >&2; exit 1; }

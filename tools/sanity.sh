@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# ansible-test sanity, offline. ansible-test wants the collection at
+# ansible_collections/NAMESPACE/NAME (a real path, not through a link) and
+# downloads a pip bootstrap script that this network cannot reach; a
+# stand-in that uses ensurepip does the same job.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv_python=${VENV_PYTHON:-.venv/bin/python}
+tree=build/ansible_collections/liveupdate/cpr
+
+pip_version=$("$venv_python" - <<'PY'
+import re, ansible_test, pathlib
+source = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py"
+print(re.search(r"pip='([0-9.]+)'", source.read_text()).group(1))
+PY
+)
+standin=~/.ansible/test/cache/get_pip_${pip_version//./_}.py
+if [ ! -s "$standin" ]; then
+  mkdir -p "$(dirname "$standin")"
+  printf '%s\n' 'import subprocess, sys' \
+    'subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade", "--default-pip"])' > "$standin"
+fi
+
+rm -rf build/ansible_collections
+mkdir -p "$tree"
+git ls-files -z --cached --others --exclude-standard | grep -zv '^\.dev-collections/' \
+  | rsync -a --from0 --files-from=- ./ "$tree/"
+cd "$tree"
+git init -q . && git add -A >/dev/null  # ansible-test lists files through git
+PATH="$(cd ../../../.. && pwd)/.venv/bin:$PATH" ansible-test sanity --python 3.11 --requirements --color no "$@"
