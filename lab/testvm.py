@@ -57,6 +57,7 @@ class TestVm:
     qmp_form: str = "qmp"       # qmp (-qmp unix:) or chardev (-chardev + -mon)
     extra: List[str] = field(default_factory=list)
     machine: Optional[str] = "q35"   # None: QEMU's default machine type
+    binary: str = QEMU
     pid: Optional[int] = None
 
     @property
@@ -77,7 +78,7 @@ class TestVm:
         return None
 
     def argv(self) -> List[str]:
-        argv = [QEMU, "-name", "guest=%s,debug-threads=on" % self.name, "-accel", "tcg"]
+        argv = [self.binary, "-name", "guest=%s,debug-threads=on" % self.name, "-accel", "tcg"]
         if self.machine:
             argv += ["-machine", self.machine]
         argv += ["-m", "%dM" % self.ram_mb, "-nodefaults", "-display", "none",

@@ -167,8 +167,10 @@ def overlapping_ranges(vms: Dict[str, Sequence[RamBackend]]) -> List[str]:
                                backend.offset + backend.size, vm, backend.id))
     problems = []
     ranges.sort()
-    for first, second in zip(ranges, ranges[1:]):
-        if first[0] == second[0] and second[1] < first[2]:
+    for index, first in enumerate(ranges):
+        for second in ranges[index + 1:]:
+            if second[0] != first[0] or second[1] >= first[2]:
+                break  # sorted by start: no later range of this path reaches back into `first`
             problems.append("%s:%s and %s:%s both use bytes %d-%d of %s" % (
                 first[3], first[4], second[3], second[4], second[1], min(first[2], second[2]) - 1, first[0]))
     return problems
