@@ -44,7 +44,7 @@ EXAMPLES = r"""
 - name: Stop unless every VM is ready
   ansible.builtin.assert:
     that: vm_facts.all_ready
-    fail_msg: "{{ vm_facts.not_ready }}"
+    fail_msg: "{{ vm_facts.not_ready | to_json }}"
 """
 
 RETURN = r"""

@@ -68,7 +68,7 @@ def test_second_cycle_of_a_restored_vm(lab):
     vm = lab.vm("echo")
     before = vm.wait_booted()
     scope = {"qmp_dir": str(lab.qmp_dir), "state_dir": str(lab.state_dir), "reboot_method": "none"}
-    for _ in range(2):
+    for _cycle in range(2):
         assert run_module("vm_save", scope).rc == 0
         assert run_module("vm_restore", {"state_dir": str(lab.state_dir)}).rc == 0
     assert cmdline(qemu_pids(lab.base)["echo"]).count("-incoming") == 1

@@ -1,0 +1,178 @@
+"""Benchmark: cpr-reboot save/restore figures, measured side by side in one run.
+
+Not a test: it asserts nothing about speed. It prints a Markdown table and
+writes it to bench/results/latest.md, for the README.
+
+1. One VM with 1 GiB of RAM filled with non-zero data: x-ignore-shared
+   (RAM stays in its shared file) against RAM written into the state file
+   (what libvirt's managedsave does).
+2. 8 VMs saved and restored concurrently against one after another.
+3. The blackout of one VM under vm_relaunch (one task) against vm_save
+   followed by vm_restore (two Ansible tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / ".dev-collections")]
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host  # noqa: E402
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, save_host  # noqa: E402
+
+from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available  # noqa: E402
+
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+INVENTORY = ROOT / "tests" / "integration" / "inventory.yml"
+
+
+def timed(work: Callable[[], Any]) -> "tuple[float, Any]":
+    start = time.perf_counter()
+    result = work()
+    return time.perf_counter() - start, result
+
+
+def check_resumed(vm: TestVm, nonce: int) -> None:
+    state = probe(vm)
+    if state.nonce != nonce or not state.pattern_ok:
+        raise SystemExit("benchmark VM %s did not resume intact: %r" % (vm.name, state))
+
+
+def big_vm(base: Path, disk: Path) -> List[Dict[str, Any]]:
+    rows = []
+    vm = TestVm("big", base / "qmp", disk, ram_mb=1024).start()
+    nonce = vm.wait_booted(timeout=120).nonce
+    state_dir = base / "state"
+    for label, method, policy in (("x-ignore-shared (RAM stays in place)", "none", "fail"),
+                                  ("RAM in the state file (managedsave-like)", "kexec", "save_ram")):
+        saves, restores, sizes, blackouts = [], [], [], []
+        for _ in range(REPEATS):
+            save_s, saved = timed(lambda m=method, p=policy: save_host(SaveOptions(
+                qmp_dir=str(vm.qmp_dir), state_dir=str(state_dir), reboot_method=m, ram_policy=p)))
+            restore_s, restored = timed(lambda: restore_host(RestoreOptions(state_dir=str(state_dir))))
+            saves.append(save_s)
+            restores.append(restore_s)
+            sizes.append(saved["vms"][0]["state_size"])
+            blackouts.append(restored["vms"][0]["blackout_seconds"])
+            check_resumed(vm, nonce)
+        rows.append({"case": "1 GiB VM, " + label, "save_s": statistics.median(saves),
+                     "restore_s": statistics.median(restores), "state_bytes": statistics.median(sizes),
+                     "blackout_s": statistics.median(blackouts)})
+    kill_all(vm.qmp_dir)
+    return rows
+
+
+def many_vms(base: Path, disk: Path, count: int = 8) -> List[Dict[str, Any]]:
+    qmp_dir, state_dir = base / "many", base / "many-state"
+    vms = [TestVm("m%d" % i, qmp_dir, disk).start() for i in range(count)]
+    nonces = {vm.name: vm.wait_booted().nonce for vm in vms}
+    rows = []
+    for label in ("concurrently (one call)", "one after another"):
+        saves, restores, blackouts = [], [], []
+        for _ in range(REPEATS):
+            if label.startswith("concurrently"):
+                save_s, _saved = timed(lambda: save_host(SaveOptions(qmp_dir=str(qmp_dir), state_dir=str(state_dir),
+                                                                     reboot_method="none")))
+                restore_s, restored = timed(lambda: restore_host(RestoreOptions(state_dir=str(state_dir))))
+                blackouts.extend(vm["blackout_seconds"] for vm in restored["vms"])
+            else:
+                save_s = restore_s = 0.0
+                for vm in vms:
+                    seconds, _saved = timed(lambda name=vm.name: save_host(SaveOptions(
+                        qmp_dir=str(qmp_dir), vms=[name], state_dir=str(state_dir), reboot_method="none")))
+                    save_s += seconds
+                for vm in vms:
+                    seconds, restored = timed(lambda name=vm.name: restore_host(RestoreOptions(
+                        vms=[name], state_dir=str(state_dir))))
+                    restore_s += seconds
+                    blackouts.extend(v["blackout_seconds"] for v in restored["vms"] if v["action"] == "restored")
+            saves.append(save_s)
+            restores.append(restore_s)
+            for vm in vms:
+                check_resumed(vm, nonces[vm.name])
+        rows.append({"case": "%d VMs of 64 MiB, %s" % (count, label), "save_s": statistics.median(saves),
+                     "restore_s": statistics.median(restores), "state_bytes": None,
+                     "blackout_s": statistics.median(blackouts)})
+    kill_all(qmp_dir)
+    return rows
+
+
+def ansible(args: List[str]) -> List[Dict[str, Any]]:
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as log:
+        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), RESULT_LOG=log.name,
+                   ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "callback_plugins"),
+                   ANSIBLE_CALLBACKS_ENABLED="result_log", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+        subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        return [json.loads(line)["result"] for line in Path(log.name).read_text().splitlines()]
+
+
+def blackout_by_path(base: Path, disk: Path) -> List[Dict[str, Any]]:
+    qmp_dir, state_dir = base / "one", base / "one-state"
+    vm = TestVm("solo", qmp_dir, disk).start()
+    nonce = vm.wait_booted().nonce
+    playbook = base / "two-tasks.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - liveupdate.cpr.vm_save: {qmp_dir: %s, state_dir: %s, reboot_method: none}\n"
+        "    - liveupdate.cpr.vm_restore: {state_dir: %s}\n" % (qmp_dir, state_dir, state_dir))
+    binary = Path(sys.executable).parent
+    relaunch, two_tasks = [], []
+    for _ in range(REPEATS):
+        result = ansible([str(binary / "ansible"), "localhost", "-i", str(INVENTORY), "-m", "liveupdate.cpr.vm_relaunch",
+                          "-a", json.dumps({"qmp_dir": str(qmp_dir), "state_dir": str(state_dir), "force": True})])
+        relaunch.append(result[-1]["vms"][0]["blackout_seconds"])
+        result = ansible([str(binary / "ansible-playbook"), "-i", str(INVENTORY), str(playbook)])
+        two_tasks.append(result[-1]["vms"][0]["blackout_seconds"])
+        check_resumed(vm, nonce)
+    kill_all(qmp_dir)
+    return [{"case": "1 VM, vm_relaunch (one task)", "blackout_s": statistics.median(relaunch)},
+            {"case": "1 VM, vm_save + vm_restore (two tasks)", "blackout_s": statistics.median(two_tasks)}]
+
+
+def fmt(value: Any, unit: str = "s") -> str:
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return "{:,}".format(int(value))
+    return "%.3f" % value
+
+
+def main() -> int:
+    qemu_available()
+    disk = guest_disk(ROOT / "build" / "cache")
+    base = Path(tempfile.mkdtemp(prefix="lu-bench-", dir="/tmp"))
+    try:
+        rows = big_vm(base, disk) + many_vms(base, disk) + blackout_by_path(base, disk)
+    finally:
+        kill_all(base)
+        shutil.rmtree(base, ignore_errors=True)
+    qemu = subprocess.run([shutil.which("qemu-system-x86_64") or "qemu-system-x86_64", "--version"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    lines = ["Measured %s on %s, %d CPUs, %s, TCG; median of %d runs each." % (
+                 time.strftime("%Y-%m-%d"), platform.node(), os.cpu_count() or 0, qemu, REPEATS), "",
+             "| case | save (s) | restore (s) | state file (bytes) | blackout (s) |",
+             "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append("| %s | %s | %s | %s | %s |" % (row["case"], fmt(row.get("save_s")), fmt(row.get("restore_s")),
+                                                    fmt(row.get("state_bytes"), "bytes"), fmt(row.get("blackout_s"))))
+    table = "\n".join(lines)
+    print(table)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
