@@ -30,14 +30,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / ".dev-collections")]
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host  # noqa: E402
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, save_host  # noqa: E402
-
 from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 INVENTORY = ROOT / "tests" / "integration" / "inventory.yml"
 
 
-def timed(work: Callable[[], Any]) -> "tuple[float, Any]":
+def timed(work: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = work()
     return time.perf_counter() - start, result
@@ -144,7 +143,7 @@ def fmt(value: Any, unit: str = "s") -> str:
     if value is None:
         return "-"
     if unit == "bytes":
-        return "{:,}".format(int(value))
+        return f"{int(value):,}"
     return "%.3f" % value
 
 
