@@ -88,10 +88,13 @@ class AnsibleRun:
         return self.results()[-1]
 
 
-def run_module(module: str, args: Dict[str, Any], check: bool = False, verbose: bool = False) -> AnsibleRun:
+def run_module(module: str, args: Dict[str, Any], check: bool = False, verbose: bool = False,
+               extra_vars: Optional[Dict[str, Any]] = None) -> AnsibleRun:
     """``ansible localhost -m liveupdate.cpr.MODULE -a JSON``: the ad-hoc path an operator uses."""
     command = [str(BIN / "ansible"), "localhost", "-i", str(INVENTORY), "-m", "liveupdate.cpr." + module,
                "-a", json.dumps(args)]
+    if extra_vars:
+        command += ["-e", json.dumps(extra_vars)]
     if check:
         command.append("--check")
     if verbose:

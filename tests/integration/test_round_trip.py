@@ -101,3 +101,20 @@ def test_check_mode_pauses_nothing_and_puts_the_mode_back(lab):
     time.sleep(0.2)
     after = probe(vm)
     assert after.status == "running" and after.nonce == before.nonce and after.counter > before.counter
+
+
+def test_paused_vm_comes_back_paused(lab):
+    vm = lab.vm("hotel")
+    vm.wait_booted()
+    monitor = vm.qmp()
+    try:
+        monitor.cmd("stop")
+    finally:
+        monitor.close()
+    before = probe(vm)
+    scope = {"qmp_dir": str(lab.qmp_dir), "state_dir": str(lab.state_dir), "reboot_method": "none"}
+    assert run_module("vm_save", scope).rc == 0
+    assert run_module("vm_restore", {"state_dir": str(lab.state_dir)}).rc == 0
+    after = probe(vm)
+    assert after.status == "paused", "a VM saved paused is restored paused"
+    assert after.nonce == before.nonce and after.counter == before.counter and after.pattern_ok
