@@ -158,13 +158,13 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     qemu = subprocess.run([shutil.which("qemu-system-x86_64") or "qemu-system-x86_64", "--version"],
                           capture_output=True, text=True, check=True).stdout.splitlines()[0]
-    lines = ["Measured %s on %s, %d CPUs, %s, TCG; median of %d runs each." % (
-                 time.strftime("%Y-%m-%d"), platform.node(), os.cpu_count() or 0, qemu, REPEATS), "",
-             "| case | save (s) | restore (s) | state file (bytes) | blackout (s) |",
-             "|---|---:|---:|---:|---:|"]
+    heading = "Measured %s on %s, %d CPUs, %s, TCG; median of %d runs each." % (
+        time.strftime("%Y-%m-%d"), platform.node(), os.cpu_count() or 0, qemu, REPEATS)
+    lines = [heading, "", "| case | save (s) | restore (s) | state file (bytes) | blackout (s) |", "|---|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append("| %s | %s | %s | %s | %s |" % (row["case"], fmt(row.get("save_s")), fmt(row.get("restore_s")),
-                                                    fmt(row.get("state_bytes"), "bytes"), fmt(row.get("blackout_s"))))
+        cells = (row["case"], fmt(row.get("save_s")), fmt(row.get("restore_s")), fmt(row.get("state_bytes"), "bytes"),
+                 fmt(row.get("blackout_s")))
+        lines.append("| %s | %s | %s | %s | %s |" % cells)
     table = "\n".join(lines)
     print(table)
     out = ROOT / "bench" / "results"

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, TypeVar, Union
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -26,3 +28,22 @@ def run_each(items: Sequence[Item], work: Callable[[Item], Result]) -> List[Tupl
 
     with ThreadPoolExecutor(max_workers=min(len(items), MAX_PARALLEL_VMS)) as pool:
         return list(zip(items, pool.map(guarded, items)))
+
+
+def run_per_vm(items: Sequence[Item], work: Callable[[Item], Result], vm_of: Callable[[Item], str]
+               ) -> Tuple[List[Tuple[Item, Result]], List[Dict[str, Any]]]:
+    """``run_each``, split into what succeeded and a report of what failed, per VM."""
+    done: List[Tuple[Item, Result]] = []
+    failures: List[Dict[str, Any]] = []
+    for item, outcome in run_each(items, work):
+        if isinstance(outcome, CprError):
+            failures.append(outcome.as_dict())
+        elif isinstance(outcome, Exception):
+            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=vm_of(item)).as_dict())
+        else:
+            done.append((item, outcome))
+    return done, failures
+
+
+def summary(failures: Sequence[Dict[str, Any]]) -> str:
+    return "; ".join("%s: %s" % (failure["vm"], failure["error"]) for failure in failures)

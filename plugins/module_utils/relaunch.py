@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
+from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, NotReadyError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
@@ -65,19 +65,12 @@ def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
         results.extend(dict(r.as_dict(), vm=r.vm.name, action="would_relaunch",
                             reason=r.outdated or "force") for r in chosen)
         return {"changed": bool(chosen), "vms": results, "warnings": scope.warnings}
-    failures = []
-    for ready, outcome in run_each(chosen, lambda r: _cycle(r, journal, opts)):
-        if isinstance(outcome, CprError):
-            failures.append(outcome.as_dict())
-        elif isinstance(outcome, Exception):
-            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=ready.vm.name).as_dict())
-        else:
-            results.append(dict(public_view(outcome, "relaunched"), reason=ready.outdated or "force",
-                                previous_qemu_version=ready.qemu_version))
-    changed = any(r["action"] == "relaunched" for r in results)
+    done, failures = run_per_vm(chosen, lambda r: _cycle(r, journal, opts), lambda r: r.vm.name)
+    results.extend(dict(public_view(record, "relaunched"), reason=ready.outdated or "force",
+                        previous_qemu_version=ready.qemu_version) for ready, record in done)
+    changed = bool(done)
     if failures:
-        raise CprError("%d of %d VMs failed to relaunch: %s." % (
-            len(failures), len(chosen), "; ".join("%s: %s" % (f["vm"], f["error"]) for f in failures)),
+        raise CprError("%d of %d VMs failed to relaunch: %s." % (len(failures), len(chosen), summary(failures)),
             vm=failures[0]["vm"], fix="a VM whose save failed is still running; one whose restore failed is in the "
                                       "journal: run vm_restore after fixing the cause.",
             failures=failures, vms=results, changed=changed)

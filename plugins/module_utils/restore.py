@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, readiness
-from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
+from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import launch
@@ -140,18 +140,13 @@ def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
             verify_state_file(record)
             results.append(public_view(record, "would_restore"))
         return {"changed": bool(todo), "vms": results}
-    failures: List[Dict[str, Any]] = []
-    for record, outcome in run_each(todo, lambda r: restore_one(r, journal, opts.keep_state, opts.timeout)):
-        if isinstance(outcome, CprError):
-            failures.append(outcome.as_dict())
-        elif isinstance(outcome, Exception):
-            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=record["vm"]).as_dict())
-        else:
-            results.append(public_view(outcome, "restored"))
-    changed = any(r["action"] == "restored" for r in results)
+    done, failures = run_per_vm(todo, lambda r: restore_one(r, journal, opts.keep_state, opts.timeout),
+                                lambda r: str(r["vm"]))
+    results.extend(public_view(record, "restored") for _saved, record in done)
+    changed = bool(done)
     if failures:
         raise RestoreError("%d of %d VMs failed to restore; their state files and journal records are kept: %s." % (
-            len(failures), len(todo), "; ".join("%s: %s" % (f["vm"], f["error"]) for f in failures)),
+            len(failures), len(todo), summary(failures)),
             vm=failures[0]["vm"], fix="see each VM's error, fix it and run vm_restore again.",
             failures=failures, vms=results, changed=changed)
     return {"changed": changed, "vms": results}

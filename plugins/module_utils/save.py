@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, ram_verdict, readiness
-from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each
+from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, process_exists
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     CprError,
@@ -250,18 +250,12 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
     if opts.check_mode:
         plan = [dict(r.as_dict(), action="would_save", mode=r.verdict.mode if r.verdict else None) for r in ready]
         return {"changed": bool(plan), "vms": plan + results, "warnings": scope.warnings}
-    failures: List[Dict[str, Any]] = []
-    for item, outcome in run_each(ready, lambda r: save_one(r, journal, opts.timeout)):
-        if isinstance(outcome, CprError):
-            failures.append(outcome.as_dict())
-        elif isinstance(outcome, Exception):
-            failures.append(CprError("unexpected %s: %s" % (type(outcome).__name__, outcome), vm=item.vm.name).as_dict())
-        else:
-            results.append(public_view(outcome, "saved"))
-    changed = any(r["action"] == "saved" for r in results)
+    done, failures = run_per_vm(ready, lambda r: save_one(r, journal, opts.timeout), lambda r: r.vm.name)
+    results.extend(public_view(record, "saved") for _ready, record in done)
+    changed = bool(done)
     if failures:
         raise SaveError("%d of %d VMs failed to save; those were left running: %s." % (
-            len(failures), len(ready), "; ".join("%s: %s" % (f["vm"], f["error"]) for f in failures)),
+            len(failures), len(ready), summary(failures)),
             vm=failures[0]["vm"], fix="see each VM's error; do not reboot this host until every VM is saved.",
             failures=failures, vms=results, changed=changed)
     return {"changed": changed, "vms": results, "warnings": scope.warnings}
