@@ -56,7 +56,7 @@ def big_vm(base: Path, disk: Path) -> List[Dict[str, Any]]:
     for label, method, policy in (("x-ignore-shared (RAM stays in place)", "none", "fail"),
                                   ("RAM in the state file (managedsave-like)", "kexec", "save_ram")):
         saves, restores, sizes, blackouts = [], [], [], []
-        for _ in range(REPEATS):
+        for _run in range(REPEATS):
             save_s, saved = timed(lambda m=method, p=policy: save_host(SaveOptions(
                 qmp_dir=str(vm.qmp_dir), state_dir=str(state_dir), reboot_method=m, ram_policy=p)))
             restore_s, restored = timed(lambda: restore_host(RestoreOptions(state_dir=str(state_dir))))
@@ -79,7 +79,7 @@ def many_vms(base: Path, disk: Path, count: int = 8) -> List[Dict[str, Any]]:
     rows = []
     for label in ("concurrently (one call)", "one after another"):
         saves, restores, blackouts = [], [], []
-        for _ in range(REPEATS):
+        for _run in range(REPEATS):
             if label.startswith("concurrently"):
                 save_s, _saved = timed(lambda: save_host(SaveOptions(qmp_dir=str(qmp_dir), state_dir=str(state_dir),
                                                                      reboot_method="none")))
@@ -127,7 +127,7 @@ def blackout_by_path(base: Path, disk: Path) -> List[Dict[str, Any]]:
         "    - liveupdate.cpr.vm_restore: {state_dir: %s}\n" % (qmp_dir, state_dir, state_dir))
     binary = Path(sys.executable).parent
     relaunch, two_tasks = [], []
-    for _ in range(REPEATS):
+    for _run in range(REPEATS):
         result = ansible([str(binary / "ansible"), "localhost", "-i", str(INVENTORY), "-m", "liveupdate.cpr.vm_relaunch",
                           "-a", json.dumps({"qmp_dir": str(qmp_dir), "state_dir": str(state_dir), "force": True})])
         relaunch.append(result[-1]["vms"][0]["blackout_seconds"])

@@ -70,8 +70,9 @@ def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
                         previous_qemu_version=ready.qemu_version) for ready, record in done)
     changed = bool(done)
     if failures:
-        raise CprError("%d of %d VMs failed to relaunch: %s." % (len(failures), len(chosen), summary(failures)),
-            vm=failures[0]["vm"], fix="a VM whose save failed is still running; one whose restore failed is in the "
-                                      "journal: run vm_restore after fixing the cause.",
-            failures=failures, vms=results, changed=changed)
+        raise CprError(
+            "%d of %d VMs failed to relaunch: %s." % (len(failures), len(chosen), summary(failures)),
+            vm=failures[0]["vm"], failures=failures, vms=results, changed=changed,
+            fix="a VM whose save failed is still running; one whose restore failed is in the journal: "
+                "run vm_restore after fixing the cause.")
     return {"changed": changed, "vms": results, "warnings": scope.warnings}
