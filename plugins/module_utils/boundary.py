@@ -17,9 +17,10 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import 
 Options = TypeVar("Options")
 
 
-def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], options: Type[Options]) -> None:
+def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], options: Type[Options],
+        needs_qmp: bool = True) -> None:
     """Build ``options`` from the module's params, run ``engine`` and exit with its result or its error."""
-    if QMP_IMPORT_ERROR is not None:
+    if needs_qmp and QMP_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("qemu.qmp"), exception=QMP_IMPORT_ERROR)
     bad = {vm: policy for vm, policy in module.params.get("ram_policy_per_vm", {}).items() if policy not in RAM_POLICIES}
     if bad:

@@ -108,6 +108,8 @@ def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any
         raise NotReadyError("was not fully assessed before its save.", vm=vm.name)
     return {
         "vm": vm.name, "host": socket.gethostname(), "pid": vm.pid,
+        # the boot a save belongs to: a resumed rollout tells "rebooted since" from "not yet"
+        "boot_id": jr.boot_id(), "kernel": os.uname().release,
         "argv": vm.argv,
         "launch_argv": qemu_argv.pin_machine_type(qemu_argv.without_incoming(vm.argv), ready.machine_type),
         "cwd": vm.cwd, "environ": vm.environ, "uid": vm.uid, "gid": vm.gid,

@@ -1,0 +1,61 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""jmespath queries over module results, without community.general (Galaxy is out of reach)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from ansible.errors import AnsibleFilterError
+
+DOCUMENTATION = r"""
+name: json_query
+short_description: Select data from a structure with a JMESPath query
+version_added: 0.1.0
+description:
+  - Applies a JMESPath expression to its input, for example to pick the VMs of module results.
+positional: expr
+options:
+  _input:
+    description: The data to query.
+    type: raw
+    required: true
+  expr:
+    description: The JMESPath expression.
+    type: str
+    required: true
+requirements:
+  - jmespath (on the controller)
+"""
+
+EXAMPLES = r"""
+- name: Names of the VMs that are not ready
+  ansible.builtin.debug:
+    msg: "{{ vm_facts | liveupdate.cpr.json_query('vms[?!ready].name') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The query's result.
+  type: raw
+"""
+
+try:
+    import jmespath
+except ImportError:
+    jmespath = None
+
+
+def json_query(data: Any, expr: str) -> Any:
+    if jmespath is None:
+        raise AnsibleFilterError("liveupdate.cpr.json_query needs the jmespath library on the controller: "
+                                 "pip install jmespath (it is in the collection's requirements.txt)")
+    try:
+        return jmespath.search(expr, data)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise AnsibleFilterError("liveupdate.cpr.json_query: bad expression %r: %s" % (expr, exc)) from exc
+
+
+class FilterModule:
+    def filters(self) -> Dict[str, Callable[..., Any]]:
+        return {"json_query": json_query}

@@ -1,0 +1,131 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host's kernels: the one running, those installed, the newest available, and kexec support."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import systemd_is_init
+
+# Debian: 6.1.0-28-amd64, 6.12.38+deb12-cloud-amd64 -> flavour amd64, cloud-amd64
+DEBIAN_FLAVOUR = re.compile(r"^[0-9][^-]*(?:-[0-9][^-]*)*-(?P<flavour>[a-z].*)$")
+DEBIAN_SKIP = ("-unsigned", "-dbg")
+
+
+@dataclass
+class KernelOptions:
+    version: str = ""
+    check_mode: bool = False
+
+
+def version_key(version: str) -> Tuple[Tuple[int, Union[int, str]], ...]:
+    return tuple((0, int(token)) if token.isdigit() else (1, token) for token in re.findall(r"\d+|[A-Za-z]+", version))
+
+
+def family() -> str:
+    if shutil.which("dpkg") and shutil.which("apt-get"):
+        return "debian"
+    if shutil.which("rpm") and (shutil.which("dnf") or shutil.which("yum")):
+        return "redhat"
+    return "unknown"
+
+
+def flavour_of(version: str) -> str:
+    match = DEBIAN_FLAVOUR.match(version)
+    return match.group("flavour") if match else ""
+
+
+def installed_kernels() -> List[str]:
+    found = [os.path.basename(path)[len("vmlinuz-"):] for path in glob.glob("/boot/vmlinuz-*")]
+    return sorted((v for v in found if not v.endswith(".old") and "rescue" not in v), key=version_key)
+
+
+def _run(argv: List[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except OSError:
+        return ""
+    return result.stdout if result.returncode == 0 else ""
+
+
+def available_kernels(os_family: str, flavour: str) -> List[str]:
+    """Kernel versions the package manager can install, for the running flavour."""
+    if os_family == "debian":
+        names = _run(["apt-cache", "search", "--names-only", "^linux-image-[0-9]"]).split()
+        versions = [n[len("linux-image-"):] for n in names if n.startswith("linux-image-") and not n.endswith(DEBIAN_SKIP)]
+        return sorted((v for v in versions if flavour_of(v) == flavour), key=version_key)
+    if os_family == "redhat":
+        tool = shutil.which("dnf") or "dnf"
+        lines = _run([tool, "-q", "repoquery", "--qf", "%{version}-%{release}.%{arch}", "kernel-core"]).split()
+        return sorted(set(lines), key=version_key)
+    return []
+
+
+def paths_for(os_family: str, version: str) -> Dict[str, str]:
+    initrd = "/boot/initramfs-%s.img" % version if os_family == "redhat" else "/boot/initrd.img-%s" % version
+    package = ("kernel-core-%s" if os_family == "redhat" else "linux-image-%s") % version
+    return {"kernel_path": "/boot/vmlinuz-%s" % version, "initrd_path": initrd, "package": package}
+
+
+def kexec_support() -> Dict[str, Any]:
+    binary = shutil.which("kexec") or next((p for p in ("/sbin/kexec", "/usr/sbin/kexec") if os.path.exists(p)), None)
+    disabled = _read_flag("/proc/sys/kernel/kexec_load_disabled")
+    reasons = []
+    if not binary:
+        reasons.append("kexec-tools is not installed")
+    if disabled:
+        reasons.append("kernel.kexec_load_disabled is 1 (it cannot be turned off again until reboot)")
+    if os.path.exists("/sys/kernel/security/lockdown") and "[integrity]" in _read_text("/sys/kernel/security/lockdown"):
+        reasons.append("kernel lockdown (integrity) refuses unsigned kexec images")
+    return {"binary": binary, "usable": not reasons, "reasons": reasons,
+            "loaded": _read_flag("/sys/kernel/kexec_loaded")}
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _read_flag(path: str) -> bool:
+    return _read_text(path) == "1"
+
+
+def kexec_cmdline(current: str, overrides: Optional[Dict[str, Any]] = None) -> str:
+    """/proc/cmdline minus BOOT_IMAGE, with overrides (value None removes a key)."""
+    words = [w for w in current.split() if not w.startswith("BOOT_IMAGE=") and not w.startswith("initrd=")]
+    for key, value in (overrides or {}).items():
+        words = [w for w in words if w.split("=", 1)[0] != key]
+        if value is not None:
+            words.append(key if value == "" else "%s=%s" % (key, value))
+    return " ".join(words)
+
+
+def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
+    running = os.uname().release
+    os_family = family()
+    flavour = flavour_of(running)
+    installed = installed_kernels()
+    available = available_kernels(os_family, flavour)
+    candidates = sorted(set(installed) | set(available), key=version_key)
+    newest = candidates[-1] if candidates else running
+    target = opts.version or newest
+    facts: Dict[str, Any] = {
+        "changed": False, "running": running, "boot_id": jr.boot_id(), "cmdline": _read_text("/proc/cmdline"),
+        "os_family": os_family, "flavour": flavour, "installed": installed, "available": available,
+        "target": target, "target_installed": target in installed, "needed": target != running,
+        "systemd": systemd_is_init(), "kexec": kexec_support(),
+        "newer_than_running": version_key(target) > version_key(running),
+    }
+    facts.update(paths_for(os_family, target))
+    return facts

@@ -1,0 +1,98 @@
+#!/usr/bin/python
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: host_lock
+short_description: Take, refresh or release the per-host rollout lock
+version_added: 0.1.0
+description:
+  - One rollout at a time per hypervisor. The lock is C(STATE_DIR/rollout.lock) (mode 0600) and names its run,
+    owner and current phase; every phase refreshes its heartbeat.
+  - A lock held by another run is refused. When its heartbeat is older than O(stale_after), the run is taken to be
+    dead; the lock is explained (run, controller, user, start, last phase) and is broken only when O(break_run_id)
+    names that run.
+  - Taking and releasing the lock reports no change, so a rerun that changes nothing stays idempotent.
+author:
+  - liveupdate.cpr maintainers (@liveupdate-cpr)
+options:
+  state_dir:
+    description: The journal directory of the host.
+    type: path
+    default: /var/lib/liveupdate-cpr
+  state:
+    description: V(present) takes or refreshes the lock, V(absent) releases it.
+    type: str
+    choices: [present, absent]
+    default: present
+  run_id:
+    description: Identifier of this rollout run.
+    type: str
+    required: true
+  owner:
+    description: Who runs the rollout (controller, user, playbook), for the explanation others get.
+    type: dict
+    default: {}
+  phase:
+    description: The phase the run is in now.
+    type: str
+    default: ""
+  stale_after:
+    description: Seconds without a heartbeat after which a lock is stale.
+    type: int
+    default: 7200
+  break_run_id:
+    description: The run id of a stale lock to take over. Only a stale lock with exactly this run id is broken.
+    type: str
+attributes:
+  check_mode:
+    description: Reports whether the lock could be taken; writes nothing.
+    support: full
+  diff_mode:
+    description: No diff.
+    support: none
+  idempotent:
+    description: Always reports no change.
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Take the rollout lock
+  liveupdate.cpr.host_lock:
+    run_id: "{{ liveupdate_run_id }}"
+    phase: preflight
+    owner: {controller: "{{ lookup('pipe', 'hostname') }}"}
+"""
+
+RETURN = r"""
+path: {description: Path of the lock file., type: str, returned: always}
+acquired: {description: Whether this run holds the lock now., type: bool, returned: when state is present}
+held_by: {description: The lock's content (run_id, owner, phase, heartbeat, started)., type: dict, returned: always}
+released: {description: Whether the lock was released., type: bool, returned: when state is absent}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
+from ansible_collections.liveupdate.cpr.plugins.module_utils.host_lock import LockOptions, manage
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "state_dir": {"type": "path", "default": "/var/lib/liveupdate-cpr"},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "run_id": {"type": "str", "required": True},
+            "owner": {"type": "dict", "default": {}},
+            "phase": {"type": "str", "default": ""},
+            "stale_after": {"type": "int", "default": 7200},
+            "break_run_id": {"type": "str"},
+        },
+        supports_check_mode=True)
+    boundary.run(module, manage, LockOptions, needs_qmp=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+#!/usr/bin/python
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: kernel_info
+short_description: Report a hypervisor's running, installed and available kernels, and whether it can kexec
+version_added: 0.1.0
+description:
+  - Reads the running kernel, boot id and command line, the kernels installed in C(/boot), and the kernels the
+    package manager offers for the running flavour (Debian C(apt-cache), EL C(dnf repoquery)).
+  - Picks the target kernel, O(version) or else the newest installed or available one, with its package name and
+    its kernel and initrd paths.
+  - Reports whether kexec can be used (kexec-tools present, C(kexec_load_disabled) off, no lockdown).
+author:
+  - liveupdate.cpr maintainers (@liveupdate-cpr)
+options:
+  version:
+    description:
+      - The kernel release to target, as C(uname -r) prints it (for example C(6.12.38+deb12-cloud-amd64)).
+      - Empty means the newest one available for the running flavour.
+    type: str
+    default: ""
+attributes:
+  check_mode:
+    description: Read-only; the same in check mode.
+    support: full
+  diff_mode:
+    description: No diff.
+    support: none
+  idempotent:
+    description: Changes nothing.
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Which kernel would this host move to?
+  liveupdate.cpr.kernel_info:
+  register: kernel
+
+- name: Show it
+  ansible.builtin.debug:
+    msg: "{{ kernel.running }} -> {{ kernel.target }} ({{ 'kexec usable' if kernel.kexec.usable else kernel.kexec.reasons }})"
+"""
+
+RETURN = r"""
+running:
+  description: The running kernel release.
+  type: str
+  returned: always
+boot_id:
+  description: The current boot id; a reboot changes it.
+  type: str
+  returned: always
+cmdline:
+  description: The running kernel's command line.
+  type: str
+  returned: always
+os_family:
+  description: One of debian, redhat, unknown.
+  type: str
+  returned: always
+installed:
+  description: Kernel releases in /boot; oldest first.
+  type: list
+  elements: str
+  returned: always
+available:
+  description: Releases the package manager offers for the running flavour.
+  type: list
+  elements: str
+  returned: always
+target:
+  description: The release to run after the update.
+  type: str
+  returned: always
+target_installed:
+  description: Whether the target is already in /boot.
+  type: bool
+  returned: always
+needed:
+  description: Whether the target differs from the running kernel.
+  type: bool
+  returned: always
+package:
+  description: Package that installs the target.
+  type: str
+  returned: always
+kernel_path:
+  description: Path of the target's kernel image.
+  type: str
+  returned: always
+initrd_path:
+  description: Path of the target's initrd.
+  type: str
+  returned: always
+kexec:
+  description: kexec support; C(usable), C(binary), C(loaded) and the C(reasons) it cannot be used.
+  type: dict
+  returned: always
+systemd:
+  description: Whether systemd is PID 1.
+  type: bool
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
+from ansible_collections.liveupdate.cpr.plugins.module_utils.kernel import KernelOptions, kernel_facts
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec={"version": {"type": "str", "default": ""}}, supports_check_mode=True)
+    boundary.run(module, kernel_facts, KernelOptions, needs_qmp=False)
+
+
+if __name__ == "__main__":
+    main()
