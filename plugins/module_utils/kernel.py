@@ -23,6 +23,7 @@ DEBIAN_SKIP = ("-unsigned", "-dbg")
 @dataclass
 class KernelOptions:
     version: str = ""
+    cmdline_overrides: Optional[Dict[str, Any]] = None
     check_mode: bool = False
 
 
@@ -103,12 +104,15 @@ def _read_flag(path: str) -> bool:
 
 def kexec_cmdline(current: str, overrides: Optional[Dict[str, Any]] = None) -> str:
     """/proc/cmdline minus BOOT_IMAGE, with overrides (value None removes a key)."""
-    words = [w for w in current.split() if not w.startswith("BOOT_IMAGE=") and not w.startswith("initrd=")]
+    all_words = current.split()
+    # words after a lone "--" belong to init, not to the kernel
+    split = all_words.index("--") if "--" in all_words else len(all_words)
+    words = [w for w in all_words[:split] if not w.startswith(("BOOT_IMAGE=", "initrd="))]
     for key, value in (overrides or {}).items():
         words = [w for w in words if w.split("=", 1)[0] != key]
         if value is not None:
             words.append(key if value == "" else "%s=%s" % (key, value))
-    return " ".join(words)
+    return " ".join(words + all_words[split:])
 
 
 def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
@@ -120,8 +124,10 @@ def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
     candidates = sorted(set(installed) | set(available), key=version_key)
     newest = candidates[-1] if candidates else running
     target = opts.version or newest
+    cmdline = _read_text("/proc/cmdline")
     facts: Dict[str, Any] = {
-        "changed": False, "running": running, "boot_id": jr.boot_id(), "cmdline": _read_text("/proc/cmdline"),
+        "changed": False, "running": running, "boot_id": jr.boot_id(), "cmdline": cmdline,
+        "kexec_cmdline": kexec_cmdline(cmdline, opts.cmdline_overrides),
         "os_family": os_family, "flavour": flavour, "installed": installed, "available": available,
         "target": target, "target_installed": target in installed, "needed": target != running,
         "systemd": systemd_is_init(), "kexec": kexec_support(),

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import html
 import json
 import os
@@ -125,17 +126,43 @@ def _write(path: str, text: str) -> None:
     os.rename(temp, path)
 
 
+def _merged(path: str, run: Dict[str, Any], new_hosts: Sequence[Dict[str, Any]]) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The run's report so far with these hosts added or replaced: a batch that aborts the
+    play still leaves a report of every host that was reached."""
+    try:
+        with open(path) as handle:
+            old = json.load(handle)
+    except (OSError, ValueError):
+        old = {}
+    hosts = {str(h.get("host")): h for h in old.get("hosts", [])}
+    hosts.update({str(h.get("host")): h for h in new_hosts})
+    return dict(old.get("run", {}), **run), list(hosts.values())
+
+
 def write_report(opts: ReportOptions) -> Dict[str, Any]:
-    hosts = sorted(opts.hosts, key=lambda h: (int(h.get("batch") or 0), str(h.get("host"))))
-    run = dict(opts.run, finished=jr.now())
+    stem = os.path.join(opts.report_dir, "liveupdate-%s" % opts.run.get("run_id", "run")) if opts.report_dir else ""
+    lock = None
+    if stem and not opts.check_mode:
+        os.makedirs(opts.report_dir, exist_ok=True)
+        lock = open(stem + ".lock", "w")  # noqa: SIM115 - held across the read-merge-write below
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        return _write_locked(opts, stem)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _write_locked(opts: ReportOptions, stem: str) -> Dict[str, Any]:
+    run, merged = _merged(stem + ".json", opts.run, opts.hosts) if stem else (dict(opts.run), list(opts.hosts))
+    hosts = sorted(merged, key=lambda h: (int(h.get("batch") or 0), str(h.get("host"))))
+    run = dict(run, updated=jr.now())
     summary = table(hosts)
     result: Dict[str, Any] = {"changed": False, "table": summary, "table_lines": summary.splitlines(),
                               "failed_hosts": [h["host"] for h in hosts if h.get("status") == "failed"],
                               "vms_down": [("%s/%s" % (h["host"], vm)) for h in hosts for vm in h.get("vms_down", [])]}
-    if opts.check_mode or not opts.report_dir:
+    if opts.check_mode or not stem:
         return result
-    os.makedirs(opts.report_dir, exist_ok=True)
-    stem = os.path.join(opts.report_dir, "liveupdate-%s" % run.get("run_id", "run"))
     _write(stem + ".json", json.dumps({"run": run, "hosts": hosts}, indent=1, sort_keys=True))
     _write(stem + ".html", html_page(run, hosts))
     for suffix in (".json", ".html"):

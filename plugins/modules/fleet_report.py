@@ -9,9 +9,11 @@ module: fleet_report
 short_description: Write the rollout report (JSON and HTML with a timeline) and return its summary table
 version_added: 0.1.0
 description:
-  - Runs on the controller at the end of C(kernel-live-update.yml).
-  - Writes C(liveupdate-RUN.json) and C(liveupdate-RUN.html) into O(report_dir), and points C(latest.json) and
-    C(latest.html) at them. The HTML holds an SVG timeline of batches, hosts, phases and each VM's pause-to-resume bar.
+  - Runs on the controller, delegated from each host as it finishes (or fails), so that a batch that aborts the
+    rollout still leaves a report of every host reached.
+  - Merges O(hosts) into C(liveupdate-RUN.json) in O(report_dir) (under a file lock, since hosts of one batch finish
+    together), rewrites C(liveupdate-RUN.html), and points C(latest.json) and C(latest.html) at them.
+  - The HTML holds an SVG timeline of batches, hosts, phases and each VM's pause-to-resume bar.
   - Returns the readable summary table. Writing a report is not a change, so idempotence checks are not disturbed.
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
@@ -50,7 +52,7 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-table: {description: The summary table., type: str, returned: always}
+table: {description: The summary table of every host of the run so far., type: str, returned: always}
 table_lines: {description: The summary table, line by line., type: list, elements: str, returned: always}
 failed_hosts: {description: Hosts whose status is failed., type: list, elements: str, returned: always}
 vms_down: {description: HOST/VM of every VM left down., type: list, elements: str, returned: always}

@@ -23,6 +23,12 @@ options:
       - Empty means the newest one available for the running flavour.
     type: str
     default: ""
+  cmdline_overrides:
+    description:
+      - Changes to the running command line for the kexec'd kernel, as a mapping of parameter to value.
+      - An empty string value adds a bare flag; a null value removes the parameter. C(BOOT_IMAGE) is always removed.
+    type: dict
+    default: {}
 attributes:
   check_mode:
     description: Read-only; the same in check mode.
@@ -56,6 +62,10 @@ boot_id:
   returned: always
 cmdline:
   description: The running kernel's command line.
+  type: str
+  returned: always
+kexec_cmdline:
+  description: The command line for the kexec'd kernel (the running one minus BOOT_IMAGE, with O(cmdline_overrides)).
   type: str
   returned: always
 os_family:
@@ -113,7 +123,9 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.kernel import Kerne
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"version": {"type": "str", "default": ""}}, supports_check_mode=True)
+    module = AnsibleModule(argument_spec={"version": {"type": "str", "default": ""},
+                                          "cmdline_overrides": {"type": "dict", "default": {}}},
+                           supports_check_mode=True)
     boundary.run(module, kernel_facts, KernelOptions, needs_qmp=False)
 
 

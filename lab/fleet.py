@@ -1,0 +1,106 @@
+"""A local fleet lab: N hypervisor "hosts" on this machine, each with real QEMU VMs.
+
+Each host is a directory with its own QMP dir, state dir, venv and copy of the
+QEMU binary (build 1). A newer "package" (build 2) waits in the lab's package
+dir; the rollout installs it through liveupdate_qemu_update_command. The hosts
+are presented as an inventory with ansible_connection=local.
+
+    python -m lab.fleet create --dir /tmp/lu-fleet --hosts 6 --vms 2
+    python -m lab.fleet probe --dir /tmp/lu-fleet
+    python -m lab.fleet destroy --dir /tmp/lu-fleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List
+
+from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_MARK = b"\0liveupdate-lab-build-%d\0"
+
+
+def _build(source: str, dest: Path, build: int) -> None:
+    """A copy of QEMU that differs from others by trailing bytes (ignored by the ELF loader)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(Path(source).read_bytes() + BUILD_MARK % build)
+    dest.chmod(0o755)
+
+
+def create(lab: Path, hosts: int, vms: int) -> Dict[str, Any]:
+    qemu = qemu_available()
+    lab.mkdir(parents=True, exist_ok=True)
+    disk = guest_disk(ROOT / "build" / "cache")
+    package = lab / "packages" / "qemu-system-x86_64"
+    _build(qemu, package, 2)
+    inventory_hosts: Dict[str, Any] = {}
+    machines: List[Dict[str, Any]] = []
+    for h in range(1, hosts + 1):
+        name = "hv%d" % h
+        home = lab / name
+        binary = home / "bin" / "qemu-system-x86_64"
+        _build(qemu, binary, 1)
+        for v in range(1, vms + 1):
+            vm = TestVm("%s-vm%d" % (name, v), home / "qmp", disk, binary=str(binary)).start()
+            state = vm.wait_booted()
+            machines.append({"host": name, "vm": vm.name, "qmp_dir": str(vm.qmp_dir), "nonce": state.nonce,
+                             "counter": state.counter})
+        inventory_hosts[name] = {
+            "liveupdate_qmp_dir": str(home / "qmp"), "liveupdate_state_dir": str(home / "state"),
+            "liveupdate_venv": str(home / "venv"),
+            "liveupdate_qemu_update_command": [sys.executable, str(ROOT / "lab" / "update_qemu.py"), str(package),
+                                               str(binary)],
+        }
+    inventory = {"all": {"children": {"hypervisors": {"hosts": inventory_hosts, "vars": {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "liveupdate_reboot_method": "none",
+        "liveupdate_update_kernel": False,
+        "liveupdate_update_qemu": True,
+        "liveupdate_prepare_packages": False,
+    }}}}}
+    (lab / "inventory.yml").write_text(json.dumps(inventory, indent=1) + "\n")
+    fleet = {"lab": str(lab), "hosts": hosts, "vms": machines}
+    (lab / "fleet.json").write_text(json.dumps(fleet, indent=1) + "\n")
+    return fleet
+
+
+def probe_all(lab: Path) -> List[Dict[str, Any]]:
+    fleet = json.loads((lab / "fleet.json").read_text())
+    found = []
+    for machine in fleet["vms"]:
+        vm = TestVm(machine["vm"], Path(machine["qmp_dir"]), Path("/dev/null"))
+        found.append(dict(machine, now=asdict(probe(vm))))
+    return found
+
+
+def destroy(lab: Path) -> None:
+    kill_all(lab)
+    shutil.rmtree(lab, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["create", "probe", "destroy"])
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--hosts", type=int, default=6)
+    parser.add_argument("--vms", type=int, default=2)
+    args = parser.parse_args()
+    if args.action == "create":
+        destroy(args.dir)
+        print(json.dumps(create(args.dir, args.hosts, args.vms), indent=1))
+    elif args.action == "probe":
+        print(json.dumps(probe_all(args.dir), indent=1))
+    else:
+        destroy(args.dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
