@@ -49,6 +49,8 @@ def guest_disk(cache_dir: Path) -> Path:
 @dataclass
 class TestVm:
     """One VM: its name, where its QMP socket is, and how its RAM is backed."""
+
+    __test__ = False  # not a pytest test class
     name: str
     qmp_dir: Path
     disk: Path

@@ -102,8 +102,9 @@ def run_module(module: str, args: Dict[str, Any], check: bool = False, verbose: 
     return AnsibleRun(command, 600)
 
 
-def run_playbook(playbook: Path, extra_vars: Optional[Dict[str, Any]] = None, check: bool = False) -> AnsibleRun:
-    command = [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), str(playbook), "-e", json.dumps(extra_vars or {})]
+def run_playbook(playbook: Path, extra_vars: Optional[Dict[str, Any]] = None, check: bool = False,
+                 inventory: Path = INVENTORY) -> AnsibleRun:
+    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars or {})]
     if check:
         command.append("--check")
     return AnsibleRun(command, 900)

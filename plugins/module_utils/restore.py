@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
-from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import launch
+from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import _migration_result, public_view, set_cpr_mode, wait_gone
 
@@ -54,10 +54,17 @@ def verify_state_file(record: Dict[str, Any]) -> None:
                                fix="bring the persistent memory back (e.g. ndctl create-namespace) before restoring.")
 
 
+def is_same_vm(vm: Any, record: Dict[str, Any]) -> bool:
+    """A running QEMU is the journal's VM when name and QMP socket both match: two state
+    dirs (or two qmp_dirs) may each have a VM of the same name."""
+    return bool(vm.name == record["vm"] and vm.qmp is not None
+                and os.path.realpath(vm.qmp.path) == os.path.realpath(record["qmp"]["path"]))
+
+
 def _quit_failed_incoming(record: Dict[str, Any]) -> None:
     """A QEMU left waiting after a failed load holds no guest state; make room for a fresh try."""
     for vm in running_qemus():
-        if vm.name == record["vm"] and vm.qmp is not None:
+        if is_same_vm(vm, record) and vm.qmp is not None:
             with QmpSession(vm.qmp.path, vm.name) as session:
                 if readiness.run_status(session) not in ("inmigrate", "postmigrate", "shutdown"):
                     raise RestoreError("a QEMU named %s already runs (pid %d) and is %s." % (
@@ -73,8 +80,9 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
         _quit_failed_incoming(record)
     record = journal.set_phase(record, jr.RESTORING, error=None)
     argv = qemu_argv.with_incoming_defer(record["launch_argv"])
-    started = launch(record, argv, journal.log_path(record["vm"]))
+    started: Optional[Launched] = None
     try:
+        started = launch(record, argv, journal.log_path(record["vm"]))
         with QmpSession(record["qmp"]["path"], record["vm"]) as session:
             set_cpr_mode(session, record["x_ignore_shared"])
             session.execute("migrate-incoming", {"uri": "file:" + record["state_file"], "exit-on-error": False})
@@ -91,7 +99,8 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
             session.wait_for(lambda s: readiness.run_status(s) == want, 30, what="the VM to be %s" % want)
             resumed_at = session.last_event_time("RESUME") or jr.now()
     except CprError as exc:
-        journal.set_phase(record, jr.RESTORE_FAILED, error=exc.message, pid=started.pid, launch=started.as_dict())
+        journal.set_phase(record, jr.RESTORE_FAILED, error=exc.message,
+                          pid=started.pid if started else None, launch=started.as_dict() if started else None)
         raise
     if not process_exists(started.pid):
         raise RestoreError("QEMU pid %d exited right after its restore." % started.pid, vm=record["vm"])
@@ -103,8 +112,9 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                              blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept)
 
 
-def _running_named(names: Sequence[str]) -> Dict[str, int]:
-    return {vm.name: vm.pid for vm in running_qemus() if vm.name in names}
+def _running_for(records: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    running = running_qemus()
+    return {record["vm"]: vm.pid for record in records for vm in running if is_same_vm(vm, record)}
 
 
 def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
@@ -116,7 +126,7 @@ def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
             opts.state_dir, ", ".join(unknown), ", ".join(sorted(records)) or "nothing"),
             vm=unknown[0], fix="check vms and state_dir.")
     chosen = [records[name] for name in sorted(records) if not opts.vms or name in opts.vms]
-    running = _running_named([r["vm"] for r in chosen])
+    running = _running_for(chosen)
     results: List[Dict[str, Any]] = []
     todo: List[Dict[str, Any]] = []
     for record in chosen:

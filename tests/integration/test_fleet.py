@@ -1,0 +1,113 @@
+"""kernel-live-update.yml over a local fleet lab: failure paths stop the rollout and lose nothing.
+
+The lab's hosts are directories on this machine (ansible_connection=local) running real QEMU VMs
+from a copy of the QEMU binary; the "package update" installs a new build through the public
+liveupdate_qemu_update_command variable. The happy path, with idempotence, is the molecule
+`default` scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_playbook
+from helpers import qemu_pids
+
+from lab import fleet
+from lab.testvm import TestVm, guest_disk, probe
+
+PLAYBOOK = ROOT / "playbooks" / "kernel-live-update.yml"
+
+
+@pytest.fixture
+def small_fleet(disk):
+    lab = Path(tempfile.mkdtemp(prefix="lu-fl-", dir="/tmp"))
+    try:
+        yield lab, fleet.create(lab, hosts=2, vms=1)
+    finally:
+        fleet.destroy(lab)
+
+
+def rollout(lab: Path, **extra):
+    return run_playbook(PLAYBOOK, dict({"liveupdate_report_dir": str(lab / "reports")}, **extra),
+                        inventory=lab / "inventory.yml")
+
+
+def disk_image() -> Path:
+    return guest_disk(ROOT / "build" / "cache")
+
+
+def vm_of(lab: Path, machine) -> TestVm:
+    return TestVm(machine["vm"], Path(machine["qmp_dir"]), Path("/dev/null"))
+
+
+def test_blocker_on_one_host_stops_the_rollout_before_anything_pauses(small_fleet):
+    lab, layout = small_fleet
+    TestVm("hv2-blocked", lab / "hv2" / "qmp", disk_image(), binary=str(lab / "hv2" / "bin" / "qemu-system-x86_64"),
+           extra=["-object", "memory-backend-file,id=peer,size=1M,mem-path=%s,share=on" % (lab / "peer"),
+                  "-device", "ivshmem-plain,memdev=peer"]).start().wait_booted()
+    pids_before = qemu_pids(lab)
+
+    run = rollout(lab)
+    assert run.rc != 0
+    assert "ivshmem" in run.stdout and "nothing was paused" in run.stdout
+    assert qemu_pids(lab) == pids_before, "no VM on any host was paused or restarted"
+    for machine in layout["vms"]:
+        state = probe(vm_of(lab, machine))
+        assert state.status == "running" and state.nonce == machine["nonce"]
+    assert not list(lab.glob("hv*/state/*.state")), "no state file anywhere"
+
+
+def test_failed_restore_stops_the_rollout_keeps_the_state_and_a_rerun_resumes(small_fleet):
+    lab, layout = small_fleet
+    package = lab / "packages" / "qemu-system-x86_64"
+    good = package.read_bytes()
+    package.write_text("#!/bin/sh\necho 'this QEMU build is broken' >&2\nexit 1\n")
+    pids_before = qemu_pids(lab)
+
+    failed = rollout(lab)
+    assert failed.rc != 0
+    assert "hv1 FAILED in phase relaunch" in failed.stdout and "VMs down: hv1-vm1" in failed.stdout
+    journal = json.loads((lab / "hv1" / "state" / "hv1-vm1.json").read_text())
+    assert journal["phase"] == "restore_failed" and (lab / "hv1" / "state" / "hv1-vm1.state").exists()
+    assert qemu_pids(lab)["hv2-vm1"] == pids_before["hv2-vm1"], "the next batch never started"
+    report = json.loads((lab / "reports" / "latest.json").read_text())
+    statuses = {host["host"]: host["status"] for host in report["hosts"]}
+    assert statuses == {"hv1": "failed"}
+    assert report["hosts"][0]["vms_down"] == ["hv1-vm1"]
+
+    package.write_bytes(good)  # the fixed package
+    resumed = rollout(lab)
+    assert resumed.rc == 0, resumed.stdout[-4000:]
+    for machine in layout["vms"]:
+        state = probe(vm_of(lab, machine))
+        assert state.status == "running" and state.pattern_ok
+        assert state.nonce == machine["nonce"], "%s resumed, not rebooted" % machine["vm"]
+    report = json.loads((lab / "reports" / "latest.json").read_text())
+    assert {host["host"]: host["action"] for host in report["hosts"]} == {"hv1": "restore", "hv2": "relaunch"}
+
+
+def test_stale_lock_is_explained_and_broken_only_when_named(small_fleet):
+    lab, layout = small_fleet
+    state_dir = lab / "hv1" / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "rollout.lock").write_text(json.dumps({
+        "run_id": "dead-run", "owner": {"controller": "ops1", "user": "alice"}, "phase": "save",
+        "heartbeat": 1_000_000_000, "started_iso": "2001-09-09T01:46:40Z"}))
+    os.chmod(state_dir / "rollout.lock", 0o600)
+    pids_before = qemu_pids(lab)
+
+    refused = rollout(lab)
+    assert refused.rc != 0
+    assert "stale lock from run dead-run" in refused.stdout and "liveupdate_break_lock=dead-run" in refused.stdout
+    assert qemu_pids(lab) == pids_before
+
+    taken = rollout(lab, liveupdate_break_lock="dead-run")
+    assert taken.rc == 0, taken.stdout[-4000:]
+    assert not (state_dir / "rollout.lock").exists()
+    for machine in layout["vms"]:
+        assert probe(vm_of(lab, machine)).nonce == machine["nonce"]
