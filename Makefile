@@ -36,6 +36,7 @@ changelog-lint: venv
 	$(BIN)/antsibull-changelog lint
 
 ansible-lint: venv
+	$(BIN)/python tools/role_docs.py --check
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --profile production
 
 sanity: venv

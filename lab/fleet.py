@@ -20,6 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List
 
+import yaml
+
 from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +41,6 @@ def create(lab: Path, hosts: int, vms: int) -> Dict[str, Any]:
     disk = guest_disk(ROOT / "build" / "cache")
     package = lab / "packages" / "qemu-system-x86_64"
     _build(qemu, package, 2)
-    inventory_hosts: Dict[str, Any] = {}
     machines: List[Dict[str, Any]] = []
     for h in range(1, hosts + 1):
         name = "hv%d" % h
@@ -51,24 +52,34 @@ def create(lab: Path, hosts: int, vms: int) -> Dict[str, Any]:
             state = vm.wait_booted()
             machines.append({"host": name, "vm": vm.name, "qmp_dir": str(vm.qmp_dir), "nonce": state.nonce,
                              "counter": state.counter})
-        inventory_hosts[name] = {
-            "liveupdate_qmp_dir": str(home / "qmp"), "liveupdate_state_dir": str(home / "state"),
-            "liveupdate_venv": str(home / "venv"),
-            "liveupdate_qemu_update_command": [sys.executable, str(ROOT / "lab" / "update_qemu.py"), str(package),
-                                               str(binary)],
-        }
-    inventory = {"all": {"children": {"hypervisors": {"hosts": inventory_hosts, "vars": {
+    (lab / "inventory.yml").write_text(inventory_text(str(lab), hosts))
+    fleet = {"lab": str(lab), "hosts": hosts, "vms": machines}
+    (lab / "fleet.json").write_text(json.dumps(fleet, indent=1) + "\n")
+    return fleet
+
+
+def inventory(lab_dir: str, hosts: int, root: str = str(ROOT)) -> Dict[str, Any]:
+    """The lab as an inventory: every path follows from the lab dir and the host's name."""
+    home = "%s/{{ inventory_hostname }}" % lab_dir
+    return {"all": {"children": {"hypervisors": {"hosts": {"hv%d" % h: {} for h in range(1, hosts + 1)}, "vars": {
         "ansible_connection": "local",
         "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "liveupdate_qmp_dir": home + "/qmp",
+        "liveupdate_state_dir": home + "/state",
+        "liveupdate_venv": home + "/venv",
         "liveupdate_reboot_method": "none",
         "liveupdate_update_kernel": False,
         "liveupdate_update_qemu": True,
         "liveupdate_prepare_packages": False,
+        # the lab's "package update", through the variable an operator would use for a custom build
+        "liveupdate_qemu_update_command": ["{{ ansible_playbook_python }}", root + "/lab/update_qemu.py",
+                                           "%s/packages/qemu-system-x86_64" % lab_dir, home + "/bin/qemu-system-x86_64"],
     }}}}}
-    (lab / "inventory.yml").write_text(json.dumps(inventory, indent=1) + "\n")
-    fleet = {"lab": str(lab), "hosts": hosts, "vms": machines}
-    (lab / "fleet.json").write_text(json.dumps(fleet, indent=1) + "\n")
-    return fleet
+
+
+def inventory_text(lab_dir: str, hosts: int, root: str = str(ROOT)) -> str:
+    body = yaml.safe_dump(inventory(lab_dir, hosts, root), sort_keys=False, width=200)
+    return "---\n# Written by `python -m lab.fleet`.\n" + body
 
 
 def probe_all(lab: Path) -> List[Dict[str, Any]]:
@@ -87,14 +98,17 @@ def destroy(lab: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["create", "probe", "destroy"])
+    parser.add_argument("action", choices=["create", "probe", "destroy", "inventory"])
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--root", default=str(ROOT), help="repository path, for `inventory`")
     parser.add_argument("--hosts", type=int, default=6)
     parser.add_argument("--vms", type=int, default=2)
     args = parser.parse_args()
     if args.action == "create":
         destroy(args.dir)
         print(json.dumps(create(args.dir, args.hosts, args.vms), indent=1))
+    elif args.action == "inventory":
+        sys.stdout.write(inventory_text(str(args.dir), args.hosts, args.root))
     elif args.action == "probe":
         print(json.dumps(probe_all(args.dir), indent=1))
     else:
