@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest demo bench clean
+.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule demo bench clean
 
 all: test
 
@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
-test: setup lint pytest
+test: setup lint pytest molecule
 
 lint: ruff mypy changelog-lint ansible-lint sanity
 
@@ -44,6 +44,9 @@ sanity: venv
 
 pytest: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+
+molecule: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default
 
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.demo

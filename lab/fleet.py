@@ -13,8 +13,12 @@ are presented as an inventory with ansible_connection=local.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
+import socket
+import struct
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -77,8 +81,15 @@ def inventory(lab_dir: str, hosts: int, root: str = str(ROOT)) -> Dict[str, Any]
     }}}}}
 
 
+class _IndentedDumper(yaml.SafeDumper):
+    """Indent list items under their key, as yamllint expects."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
 def inventory_text(lab_dir: str, hosts: int, root: str = str(ROOT)) -> str:
-    body = yaml.safe_dump(inventory(lab_dir, hosts, root), sort_keys=False, width=200)
+    body = yaml.dump(inventory(lab_dir, hosts, root), Dumper=_IndentedDumper, sort_keys=False, width=200)
     return "---\n# Written by `python -m lab.fleet`.\n" + body
 
 
@@ -87,8 +98,18 @@ def probe_all(lab: Path) -> List[Dict[str, Any]]:
     found = []
     for machine in fleet["vms"]:
         vm = TestVm(machine["vm"], Path(machine["qmp_dir"]), Path("/dev/null"))
-        found.append(dict(machine, now=asdict(probe(vm))))
+        pid = qmp_server_pid(vm.qmp_path)
+        exe = "/proc/%d/exe" % pid
+        found.append(dict(machine, now=asdict(probe(vm)), pid=pid, exe=os.readlink(exe),
+                          exe_sha256=hashlib.sha256(Path(exe).read_bytes()).hexdigest()))
     return found
+
+
+def qmp_server_pid(path: Path) -> int:
+    """The pid of the QEMU serving a QMP socket (SO_PEERCRED)."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+        return int(struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
 
 
 def destroy(lab: Path) -> None:

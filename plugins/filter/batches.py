@@ -41,6 +41,7 @@ _value:
   elements: list
 """
 
+
 def _size(entry: Any, total: int) -> int:
     text = str(entry).strip()
     try:

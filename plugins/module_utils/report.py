@@ -92,9 +92,9 @@ def timeline_svg(hosts: Sequence[Dict[str, Any]]) -> str:
             rows.append('<text x="16" y="%d">%s</text>' % (y + 10, html.escape(str(vm.get("vm")))))
             if vm.get("paused_at") and vm.get("resumed_at"):
                 x0, x1 = x(float(vm["paused_at"])), x(float(vm["resumed_at"]))
-                bar = '<rect x="%.1f" y="%d" width="%.1f" height="10" fill="#222"><title>%s paused %.3f s</title></rect>'
-                rows.append(bar % (x0, y + 1, max(x1 - x0, 1.5), html.escape(str(vm.get("vm"))),
-                                   float(vm.get("blackout_seconds") or 0)))
+                vm_bar = '<rect x="%.1f" y="%d" width="%.1f" height="10" fill="#222"><title>%s paused %.3f s</title></rect>'
+                cells = (x0, y + 1, max(x1 - x0, 1.5), html.escape(str(vm.get("vm"))), float(vm.get("blackout_seconds") or 0))
+                rows.append(vm_bar % cells)
         y += row_height + 12
     axis = ['<line x1="%d" y1="18" x2="%d" y2="18" stroke="#444"/>' % (left, left + width)]
     for tick in range(6):

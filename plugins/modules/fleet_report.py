@@ -52,12 +52,33 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-table: {description: The summary table of every host of the run so far., type: str, returned: always}
-table_lines: {description: The summary table, line by line., type: list, elements: str, returned: always}
-failed_hosts: {description: Hosts whose status is failed., type: list, elements: str, returned: always}
-vms_down: {description: HOST/VM of every VM left down., type: list, elements: str, returned: always}
-json_path: {description: Path of the JSON report., type: str, returned: when written}
-html_path: {description: Path of the HTML report., type: str, returned: when written}
+table:
+  description: The summary table of every host of the run so far.
+  type: str
+  returned: always
+table_lines:
+  description: The summary table; line by line.
+  type: list
+  elements: str
+  returned: always
+failed_hosts:
+  description: Hosts whose status is failed.
+  type: list
+  elements: str
+  returned: always
+vms_down:
+  description: HOST/VM of every VM left down.
+  type: list
+  elements: str
+  returned: always
+json_path:
+  description: Path of the JSON report.
+  type: str
+  returned: when written
+html_path:
+  description: Path of the HTML report.
+  type: str
+  returned: when written
 """
 
 from ansible.module_utils.basic import AnsibleModule

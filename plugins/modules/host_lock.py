@@ -67,10 +67,22 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-path: {description: Path of the lock file., type: str, returned: always}
-acquired: {description: Whether this run holds the lock now., type: bool, returned: when state is present}
-held_by: {description: The lock's content (run_id, owner, phase, heartbeat, started)., type: dict, returned: always}
-released: {description: Whether the lock was released., type: bool, returned: when state is absent}
+path:
+  description: Path of the lock file.
+  type: str
+  returned: always
+acquired:
+  description: Whether this run holds the lock now.
+  type: bool
+  returned: when state is present
+held_by:
+  description: The lock's content - run_id, owner, phase, heartbeat, started.
+  type: dict
+  returned: always
+released:
+  description: Whether the lock was released.
+  type: bool
+  returned: when state is absent
 """
 
 from ansible.module_utils.basic import AnsibleModule
