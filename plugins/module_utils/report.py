@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 
 PHASE_COLOURS = {"preflight": "#9aa5b1", "stage": "#5b8def", "save": "#f0a830", "reboot": "#d9534f",
-                 "relaunch": "#f0a830", "restore": "#3fa66b", "verify": "#7b61c4"}
+                 "relaunch": "#e0703a", "restore": "#3fa66b", "verify": "#7b61c4"}
 BATCH_COLOURS = ("#eef3fb", "#fbf6ee")
 
 
@@ -112,8 +112,8 @@ def html_page(run: Dict[str, Any], hosts: Sequence[Dict[str, Any]]) -> str:
 <h1>Live kernel update %(run)s</h1><p>%(what)s</p>%(svg)s<h2>Summary</h2><pre>%(table)s</pre>
 <h2>Data</h2><pre>%(json)s</pre></body></html>""" % {
         "run": html.escape(str(run.get("run_id", ""))),
-        "what": html.escape("reboot_method=%s, batch=%s, started %s" % (
-            run.get("reboot_method"), run.get("batch"), run.get("started_iso", ""))),
+        "what": html.escape("reboot_method=%s, batch=%s, %d hosts" % (
+            run.get("reboot_method"), run.get("batch"), len(hosts))),
         "svg": timeline_svg(hosts), "table": html.escape(table(hosts)),
         "json": html.escape(json.dumps({"run": run, "hosts": list(hosts)}, indent=1, sort_keys=True))}
 

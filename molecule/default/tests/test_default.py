@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 LAB = os.environ.get("LIVEUPDATE_LAB", "/tmp/liveupdate-molecule-fleet")
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")
@@ -16,8 +17,8 @@ def fleet(host):
 
 def probe(host):
     """Every lab VM as seen now from outside: guest state over QMP, and the binary its QEMU runs."""
-    python = host.ansible.get_variables().get("ansible_playbook_python", "python3")
-    output = host.check_output("cd %s && %s -m lab.fleet probe --dir %s", PROJECT, python, LAB)
+    # the lab hosts are local: the verifier's own Python (the venv with qemu.qmp) reads them
+    output = host.check_output("cd %s && %s -m lab.fleet probe --dir %s", PROJECT, sys.executable, LAB)
     return {machine["vm"]: machine for machine in json.loads(output)}
 
 
