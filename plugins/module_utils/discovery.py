@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -199,6 +200,17 @@ def process_exists(pid: int) -> bool:
 
 def binary_version(binary: str) -> Optional[str]:
     """The version an installed QEMU binary reports, e.g. '10.0.2'."""
+    try:
+        info = os.stat(binary)
+    except OSError:
+        return None
+    # every VM of a host usually runs the same binary: ask it once per file identity,
+    # so a binary replaced meanwhile is asked again
+    return _version_of_file(binary, info.st_dev, info.st_ino, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _version_of_file(binary: str, device: int, inode: int, mtime_ns: int) -> Optional[str]:
     try:
         result = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20, check=False)
     except OSError:
