@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule demo bench clean
+.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule demo bench ee-context clean
 
 all: test
 
@@ -50,6 +50,12 @@ molecule: setup
 
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.demo
+
+# The execution environment's build context (no container engine needed); then, where podman exists:
+#   ansible-builder build --context build/ee --tag IMAGE
+ee-context: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path build
+	$(BIN)/ansible-builder create --file execution-environment.yml --context build/ee --output-filename Containerfile
 
 bench: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py
