@@ -91,7 +91,7 @@ def answer_errors(item: Dict[str, Any], data: Dict[str, Any]) -> List[str]:
         return item.get(key) if item.get(key) not in ("", None) else None
 
     if qtype in ("textarea", "text", "password"):
-        if type(value) is not str:
+        if not isinstance(value, str):
             return ["Value %s for '%s' expected to be a string." % (value, variable)]
         if limit("min") is not None and len(value) < int(item["min"]):
             errors.append("'%s' value %s is too small (length is %d must be at least %s)."
@@ -99,21 +99,21 @@ def answer_errors(item: Dict[str, Any], data: Dict[str, Any]) -> List[str]:
         if limit("max") is not None and len(value) > int(item["max"]):
             errors.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, item["max"]))
     elif qtype == "integer":
-        if type(value) is not int:
+        if not isinstance(value, int) or isinstance(value, bool):  # AWX: type(value) != int
             return ["Value %s for '%s' expected to be an integer." % (value, variable)]
         if limit("min") is not None and value < int(item["min"]):
             errors.append("'%s' value %s is too small (must be at least %s)." % (variable, value, item["min"]))
         if limit("max") is not None and value > int(item["max"]):
             errors.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, item["max"]))
     elif qtype == "float":
-        if type(value) not in (float, int):
+        if not isinstance(value, (float, int)) or isinstance(value, bool):
             return ["Value %s for '%s' expected to be a numeric type." % (value, variable)]
         if limit("min") is not None and value < float(item["min"]):
             errors.append("'%s' value %s is too small (must be at least %s)." % (variable, value, item["min"]))
         if limit("max") is not None and value > float(item["max"]):
             errors.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, item["max"]))
     elif qtype == "multiselect":
-        if type(value) is not list:
+        if not isinstance(value, list):
             return ["'%s' value is expected to be a list." % variable]
         errors += ["Value %s for '%s' expected to be one of %s." % (v, variable, _choices(item))
                    for v in value if v not in _choices(item)]
