@@ -1,4 +1,4 @@
-# make demo: a local save-and-restore round trip of real VMs, set-up included.
+# make demo: the virtual hypervisor lab, a real kexec from 6.1 into 6.12 under running guests, set-up included.
 # make test: every check and test, set-up included. Both work on a fresh Debian 12.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule demo bench ee-context clean
+.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule demo demo-local bench ee-context clean
 
 all: test
 
@@ -47,8 +47,13 @@ pytest: setup
 
 molecule: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name kexec
 
 demo: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.host.demo $(DEMO_ARGS)
+
+# The first demo: a save-and-restore round trip of local VMs, no host lab (seconds, not minutes).
+demo-local: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.demo
 
 # The execution environment's build context (no container engine needed); then, where podman exists:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need from Debian's packages on a
 # fresh Debian 12 machine: QEMU 8.2+ (cpr-reboot) from bookworm-backports,
-# nasm for the test guest, daemontools for the supervised-VM test, python3-venv.
+# nasm for the test guest, daemontools for the supervised-VM test, python3-venv, and mmdebstrap and
+# e2fsprogs for the virtual hypervisor lab's host image.
 set -euo pipefail
 
 QEMU_PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data seabios qemu-utils)
-OTHER_PACKAGES=(nasm daemontools python3-venv rsync git ca-certificates)
+OTHER_PACKAGES=(nasm daemontools python3-venv rsync git ca-certificates mmdebstrap e2fsprogs openssh-client)
 
 qemu_ok() {
   command -v qemu-system-x86_64 >/dev/null || return 1
@@ -17,7 +18,8 @@ qemu_ok() {
 
 others_ok() {
   command -v nasm >/dev/null && command -v supervise >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
-    && command -v rsync >/dev/null
+    && command -v rsync >/dev/null && command -v mmdebstrap >/dev/null && command -v mkfs.ext4 >/dev/null \
+    && command -v ssh-keygen >/dev/null
 }
 
 if qemu_ok && others_ok; then
@@ -32,7 +34,7 @@ fi
 
 . /etc/os-release
 if [ "${ID:-}" != debian ] || [ "${VERSION_CODENAME:-}" != bookworm ]; then
-  echo "install-system-packages: this script knows Debian 12 (bookworm); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync and python3-venv yourself." >&2
+  echo "install-system-packages: this script knows Debian 12 (bookworm); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync, python3-venv, mmdebstrap, e2fsprogs and openssh-client yourself." >&2
   exit 1
 fi
 

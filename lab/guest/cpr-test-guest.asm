@@ -22,7 +22,9 @@ INFO        equ 0x5000
 RANGE_START equ 0x200000
 IDT_BASE    equ 0x1000
 IDT_ENTRIES equ 48
-PIT_DIVISOR equ 11932           ; about 100 Hz
+%ifndef PIT_DIVISOR
+%define PIT_DIVISOR 11932        ; about 100 Hz; nasm -DPIT_DIVISOR=N for a slower tick
+%endif
 
 start:
     cli

@@ -90,9 +90,40 @@ def _start_detached(record: Dict[str, Any], argv: List[str], log: str) -> subpro
         os.close(fd)
 
 
+def ensure_socket_dir(record: Dict[str, Any]) -> None:
+    """Recreate the QMP socket's directory as it was at the save (a /run directory does not survive a reboot)."""
+    directory = os.path.dirname(record["qmp"]["path"])
+    if os.path.isdir(directory):
+        return
+    parent = os.path.dirname(directory)
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o755)
+    os.mkdir(directory, record["qmp"].get("dir_mode", 0o700))
+    os.chmod(directory, record["qmp"].get("dir_mode", 0o700))  # mkdir's mode is cut by the umask
+    os.chown(directory, record["qmp"].get("dir_uid", record["uid"]), record["qmp"].get("dir_gid", record["gid"]))
+
+
+def _unit_failed(unit: str) -> bool:
+    result = subprocess.run([shutil.which("systemctl") or "systemctl", "show", "--property=ActiveState", "--value", unit],
+                            capture_output=True, text=True, timeout=30, check=False)
+    return result.stdout.strip() in ("failed", "inactive")
+
+
+def _unit_log(unit: str) -> str:
+    result = subprocess.run([shutil.which("journalctl") or "journalctl", "--unit", unit, "--lines", "5", "--no-pager",
+                             "--output", "cat"], capture_output=True, text=True, timeout=30, check=False)
+    return " / ".join(line for line in result.stdout.splitlines() if line.strip())
+
+
 def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 60.0) -> Launched:
     """Start ``argv`` and wait until its QMP socket is served by a live QEMU."""
     socket_path = record["qmp"]["path"]
+    try:
+        ensure_socket_dir(record)
+    except OSError as exc:
+        raise RestoreError("cannot recreate the QMP socket's directory: %s." % exc, vm=record["vm"],
+                           fix="create %s as it was, then run vm_restore again; the state file and journal are kept."
+                           % os.path.dirname(socket_path)) from exc
     if systemd_is_init():
         unit: Optional[str] = _start_systemd_unit(record, argv)
         child = None
@@ -101,6 +132,7 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
         unit, where = None, log
         child = _start_detached(record, argv, log)
     deadline = time.monotonic() + timeout
+    checked = time.monotonic()
     while time.monotonic() < deadline:
         peer = socket_peer_pid(socket_path)
         if peer is not None and process_exists(peer):
@@ -110,8 +142,12 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
                 return Launched(peer, unit, where, "systemd-run" if unit else "detached")
         if child is not None and child.poll() not in (None, 0):
             break
+        if unit is not None and time.monotonic() > checked + 0.5:
+            checked = time.monotonic()
+            if _unit_failed(unit):
+                break
         time.sleep(0.01)
-    detail = log_tail(where) if where else "see journalctl -u %s" % unit
+    detail = log_tail(where) if where else "%s (journalctl -u %s)" % (_unit_log(unit or ""), unit)
     if child is not None and child.poll() is None:
         child.kill()
     raise RestoreError(

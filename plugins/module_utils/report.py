@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 
-PHASE_COLOURS = {"preflight": "#9aa5b1", "stage": "#5b8def", "save": "#f0a830", "reboot": "#d9534f",
+PHASE_COLOURS = {"preflight": "#9aa5b1", "stage": "#5b8def", "install": "#2f5fc4", "save": "#f0a830", "reboot": "#d9534f",
                  "relaunch": "#e0703a", "restore": "#3fa66b", "verify": "#7b61c4"}
 BATCH_COLOURS = ("#eef3fb", "#fbf6ee")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -29,7 +30,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     SaveError,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import record_sockets, select
 
 PARTIAL_SUFFIX = ".partial"
 # Device state is about 300 KB; leave room for it and for the journal.
@@ -102,6 +103,15 @@ def estimated_state_size(ready: readiness.Readiness) -> int:
     return DEVICE_STATE_ALLOWANCE + (ram if saves_ram else 0)
 
 
+def socket_dir_of(path: str) -> Dict[str, Any]:
+    """Mode and owner of the QMP socket's directory: one under /run is gone after the reboot, and is recreated."""
+    try:
+        info = os.stat(os.path.dirname(path))
+    except OSError:
+        return {}
+    return {"dir_mode": stat.S_IMODE(info.st_mode), "dir_uid": info.st_uid, "dir_gid": info.st_gid}
+
+
 def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any]:
     vm = ready.vm
     if ready.verdict is None or vm.qmp is None or ready.machine_type is None:
@@ -114,7 +124,7 @@ def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any
         "launch_argv": qemu_argv.pin_machine_type(qemu_argv.without_incoming(vm.argv), ready.machine_type),
         "cwd": vm.cwd, "environ": vm.environ, "uid": vm.uid, "gid": vm.gid,
         "binary": vm.binary, "qemu_version": ready.qemu_version, "machine_type": ready.machine_type,
-        "qmp": {"path": vm.qmp.path, "form": vm.qmp.form},
+        "qmp": dict(socket_dir_of(vm.qmp.path), path=vm.qmp.path, form=vm.qmp.form),
         "state_file": journal.state_path(vm.name), "ram_policy": ready.verdict.policy,
         "mode": ready.verdict.mode, "x_ignore_shared": ready.verdict.x_ignore_shared,
         "reboot_method": ready.verdict.reboot_method,
@@ -230,7 +240,7 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, list(records))
+    scope = select(opts.qmp_dir, opts.vms, list(records), record_sockets(records))
     running = scope.by_name()
     results: List[Dict[str, Any]] = []
     for name, record in sorted(records.items()):

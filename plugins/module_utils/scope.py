@@ -9,7 +9,7 @@ import socket
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, running_qemus
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError, ScopeError
@@ -70,11 +70,22 @@ def _check_stray_sockets(qmp_dir: str, known: Sequence[QemuProcess], warnings: L
             path, peer), fix="run the collection where that QEMU's /proc is visible, or move its socket out of qmp_dir.")
 
 
-def select(qmp_dir: Optional[str], names: Sequence[str], journal_names: Sequence[str] = ()) -> Scope:
+def record_sockets(records: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The QMP socket paths of the journal's VMs."""
+    return [str(record.get("qmp", {}).get("path", "")) for record in records.values()]
+
+
+def select(qmp_dir: Optional[str], names: Sequence[str], journal_names: Sequence[str] = (),
+           journal_sockets: Sequence[str] = ()) -> Scope:
     """The running VMs in scope; names may also match VMs that are saved and down."""
     running = running_qemus()
     scope = Scope(running)
-    if qmp_dir:
+    if qmp_dir and not os.path.isdir(qmp_dir) and any(_under(path, qmp_dir) for path in journal_sockets):
+        # a qmp_dir under /run is gone after the reboot; its VMs are in the journal, and the restore recreates it
+        scope.running = []
+        scope.warnings.append("qmp_dir %s does not exist (yet): no VM runs there; the journal holds VMs to restore "
+                              "into it." % qmp_dir)
+    elif qmp_dir:
         if not os.path.isdir(qmp_dir):
             raise ScopeError("qmp_dir %s does not exist or is not a directory." % qmp_dir,
                              fix="set qmp_dir to the directory that holds the VMs' QMP sockets, or leave it empty for all QEMUs.")

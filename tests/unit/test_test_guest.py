@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.testvm import PATTERN_BASE, check_pattern
+from lab.guest_probe import PATTERN_BASE, check_pattern
 
 
 def test_complete_pass_and_pass_under_way_are_consistent():

@@ -1,0 +1,289 @@
+"""The virtual hypervisor lab: Debian 12 host VMs that really kexec, each running nested test guests.
+
+    python -m lab.host.fleet create --dir /tmp/lu-hosts --hosts 2 --vms 2
+    python -m lab.host.fleet probe --dir /tmp/lu-hosts
+    python -m lab.host.fleet ssh --dir /tmp/lu-hosts hv1 uname -r
+    python -m lab.host.fleet destroy --dir /tmp/lu-hosts
+
+Each host boots the lab image (lab.host.image) under TCG with SSH on a loopback
+port. Its nested guests keep their RAM on /dev/dax0.0, carved out of persistent
+memory: `memmap=256M!1G` (survives kexec, not a firmware reboot) or an emulated
+NVDIMM backed by a file here (survives both). Every step has a timeout, and a
+failed create tears down what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from lab.host.image import HostImage, ensure_image
+from lab.testvm import kill_all, qemu_available
+
+ROOT = Path(__file__).resolve().parents[2]
+INSIDE_DIR = "/var/lib/liveupdate-lab/tools"
+INSIDE_FILES = [ROOT / "lab" / "guest_probe.py", ROOT / "lab" / "host" / "inside.py"]
+QMP_DIR_INSIDE = "/run/liveupdate-lab/qmp"
+PMEM_SIZE_MB = 256
+BOOT_TIMEOUT = 300
+STEP_TIMEOUT = 120
+SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+               # kexec can leave a session half-open for minutes: notice a dead peer within ~10 s
+               "-o", "ServerAliveInterval=3", "-o", "ServerAliveCountMax=3"]
+
+
+@dataclass
+class LabHost:
+    name: str
+    port: int
+    pmem: str                     # memmap or nvdimm
+    home: str
+    vms: List[Dict[str, Any]] = field(default_factory=list)
+    kernel: str = ""
+    boot_id: str = ""
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.home, "qemu.pid")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def host_argv(image: HostImage, host: LabHost) -> List[str]:
+    """The outer QEMU of one lab host: TCG, 2 vCPUs, 2 GiB, SSH forwarded to a loopback port."""
+    append = "root=/dev/vda rw console=ttyS0 mitigations=off systemd.hostname=%s" % host.name
+    machine, memory, nvdimm = "q35", "2G", []
+    if host.pmem == "memmap":
+        append += " memmap=%dM!1G" % PMEM_SIZE_MB
+    else:
+        machine, memory = "q35,nvdimm=on", "2G,slots=2,maxmem=4G"
+        nvdimm = ["-object", "memory-backend-file,id=nvmem0,share=on,mem-path=%s/nvdimm.img,size=%dM" % (
+                  host.home, PMEM_SIZE_MB), "-device", "nvdimm,id=nvdimm0,memdev=nvmem0"]
+    return [qemu_available(), "-name", "lab-" + host.name, "-accel", "tcg", "-machine", machine, "-cpu", "max",
+            "-smp", "2", "-m", memory, "-nodefaults", "-display", "none",
+            "-serial", "file:%s/console.log" % host.home,
+            "-kernel", image.kernel, "-initrd", image.initrd, "-append", append,
+            "-drive", "file=%s/disk.qcow2,format=qcow2,if=virtio" % host.home,
+            "-nic", "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:22" % host.port,
+            "-qmp", "unix:%s/monitor.qmp,server=on,wait=off" % host.home,
+            "-pidfile", host.pidfile, "-daemonize"] + nvdimm
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Lab:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        state = directory / "lab.json"
+        self.state: Dict[str, Any] = json.loads(state.read_text()) if state.exists() else {}
+
+    @property
+    def key(self) -> str:
+        return str(self.state["image"]["ssh_key"])
+
+    def hosts(self) -> List[LabHost]:
+        return [LabHost(**entry) for entry in self.state.get("hosts", [])]
+
+    def host(self, name: str) -> LabHost:
+        for host in self.hosts():
+            if host.name == name:
+                return host
+        raise LabError("no lab host %s in %s" % (name, self.dir))
+
+    def save(self) -> None:
+        (self.dir / "lab.json").write_text(json.dumps(self.state, indent=1) + "\n")
+
+    # -- commands inside a host, over real SSH --------------------------------------------
+    def ssh_argv(self, host: LabHost, command: Sequence[str]) -> List[str]:
+        # ssh hands the remote side one string; quote every word so nothing is re-parsed
+        return ["ssh", "-i", self.key, "-p", str(host.port)] + SSH_OPTIONS + ["root@127.0.0.1", shlex.join(command)]
+
+    def run(self, host: LabHost, *command: str, timeout: float = STEP_TIMEOUT, check: bool = True) -> str:
+        try:
+            result = subprocess.run(self.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout,
+                                    check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError("%s: `%s` did not finish within %d s" % (host.name, shlex.join(command), timeout)) from exc
+        if check and result.returncode != 0:
+            raise LabError("%s: `%s` failed (%d): %s" % (host.name, shlex.join(command), result.returncode,
+                                                         (result.stderr or result.stdout).strip()[-2000:]))
+        return result.stdout
+
+    def copy_in(self, host: LabHost, files: Sequence[Path], dest_dir: str) -> None:
+        self.run(host, "install", "-d", "-m", "0700", dest_dir)
+        subprocess.run(["scp", "-q", "-i", self.key, "-P", str(host.port)] + SSH_OPTIONS
+                       + [str(path) for path in files] + ["root@127.0.0.1:%s/" % dest_dir],
+                       check=True, timeout=STEP_TIMEOUT)
+
+    def inside(self, host: LabHost, *args: str, timeout: float = STEP_TIMEOUT) -> Any:
+        return json.loads(self.run(host, "python3", INSIDE_DIR + "/inside.py", *args, timeout=timeout))
+
+    def wait_ssh(self, host: LabHost, timeout: float = BOOT_TIMEOUT) -> float:
+        """Seconds until a real SSH command answers (an open forwarded port proves nothing)."""
+        started = time.monotonic()
+        while True:
+            result = subprocess.run(self.ssh_argv(host, ["true"]), capture_output=True, timeout=30, check=False)
+            if result.returncode == 0:
+                return time.monotonic() - started
+            if not _alive(host):
+                raise LabError("%s: its QEMU exited; see %s/console.log" % (host.name, host.home))
+            if time.monotonic() - started > timeout:
+                raise LabError("%s: no SSH within %d s; see %s/console.log" % (host.name, timeout, host.home))
+            time.sleep(1)
+
+    # -- life cycle ----------------------------------------------------------------------
+    def create(self, hosts: int, vms: int, pmem: Sequence[str], shm: Sequence[str], base_port: int,
+               fallback: Sequence[str] = ()) -> Dict[str, Any]:
+        image = ensure_image()
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        names = ["hv%d" % index for index in range(1, hosts + 1)]
+        self.state = {"image": asdict(image), "fallback": list(fallback), "hosts": [asdict(LabHost(
+            name, base_port + index if base_port else free_port(), pmem[index - 1] if index <= len(pmem) else "memmap",
+            str(self.dir / name))) for index, name in enumerate(names, 1)]}
+        self.save()
+        started = time.monotonic()
+        for host in self.hosts():
+            os.makedirs(host.home, mode=0o700, exist_ok=True)
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.disk,
+                            host.home + "/disk.qcow2"], check=True, timeout=60)
+            if host.pmem == "nvdimm":
+                with open(host.home + "/nvdimm.img", "wb") as backing:
+                    backing.truncate(PMEM_SIZE_MB << 20)
+            subprocess.run(host_argv(image, host), check=True, timeout=60)
+        boot = {host.name: round(self.wait_ssh(host), 1) for host in self.hosts()}
+        updated = []
+        for host in self.hosts():
+            self.copy_in(host, INSIDE_FILES, INSIDE_DIR)
+            pmem_device = self.inside(host, "pmem")
+            host.kernel = self.run(host, "uname", "-r").strip()
+            host.boot_id = self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip()
+            host.vms = self.inside(host, "start", "--host", host.name, "--vms", str(vms),
+                                   *[arg for name in shm for arg in ("--shm", name)])
+            for vm in host.vms:
+                vm["observed_at"] = time.time()
+            updated.append(dict(asdict(host), pmem_device=pmem_device))
+        self.state["hosts"] = [{k: v for k, v in entry.items() if k != "pmem_device"} for entry in updated]
+        self.state["boot_seconds"] = boot
+        self.state["created_seconds"] = round(time.monotonic() - started, 1)
+        self.save()
+        (self.dir / "inventory.yml").write_text(inventory_text(
+            [(host.name, host.port) for host in self.hosts()], self.key, self.state.get("fallback", [])))
+        return self.state
+
+    def probe(self) -> Dict[str, Any]:
+        found = {}
+        for host in self.hosts():
+            found[host.name] = {
+                "kernel": self.run(host, "uname", "-r").strip(),
+                "boot_id": self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip(),
+                "guests": self.inside(host, "probe"),
+                "observed_at": time.time(),
+            }
+        return found
+
+    def destroy(self) -> None:
+        for host in self.hosts():
+            try:
+                pid = int(Path(host.pidfile).read_text())
+                os.kill(pid, 9)
+            except (OSError, ValueError):
+                pass
+        kill_all(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _alive(host: LabHost) -> bool:
+    try:
+        os.kill(int(Path(host.pidfile).read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def inventory(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str] = ()) -> Dict[str, Any]:
+    """The lab as the collection's users write an inventory: SSH hosts in group hypervisors.
+
+    Hosts named in `fallback` go to their own group, lab_fallback, for the scenarios that must fail."""
+    def group(members: Sequence[Tuple[str, int]]) -> Dict[str, Any]:
+        return {"hosts": {name: {"ansible_host": "127.0.0.1", "ansible_port": port} for name, port in members}}
+
+    children = {"hypervisors": group([host for host in hosts if host[0] not in fallback])}
+    if fallback:
+        children["lab_fallback"] = group([host for host in hosts if host[0] in fallback])
+    return {"all": {"children": children, "vars": {
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": key,
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "liveupdate_qmp_dir": QMP_DIR_INSIDE,
+        "liveupdate_reboot_method": "kexec",
+    }}}
+
+
+class _IndentedDumper(yaml.SafeDumper):
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def inventory_text(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str] = ()) -> str:
+    return "---\n# Written by `python -m lab.host.fleet`.\n" + yaml.dump(
+        inventory(hosts, key, fallback), Dumper=_IndentedDumper, sort_keys=False, width=200)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["create", "probe", "ssh", "destroy", "inventory"])
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--hosts", type=int, default=2)
+    parser.add_argument("--vms", type=int, default=2)
+    parser.add_argument("--pmem", action="append", default=[], choices=["memmap", "nvdimm"],
+                        help="per host, in order (default memmap)")
+    parser.add_argument("--shm", action="append", default=[], help="a nested VM whose RAM goes on tmpfs")
+    parser.add_argument("--base-port", type=int, default=0, help="SSH port of hv1 minus one (default: free ports)")
+    parser.add_argument("--fallback", action="append", default=[], help="a host for group lab_fallback")
+    parser.add_argument("--key", default="", help="for inventory: the key path as the inventory should name it")
+    parser.add_argument("command", nargs="*", help="for ssh: HOST COMMAND...")
+    args = parser.parse_args(argv)
+    lab = Lab(args.dir)
+    if args.action == "create":
+        lab.destroy()
+        lab = Lab(args.dir)
+        try:
+            print(json.dumps(lab.create(args.hosts, args.vms, args.pmem, args.shm, args.base_port, args.fallback),
+                             indent=1))
+        except BaseException:
+            lab.destroy()
+            raise
+    elif args.action == "inventory":
+        sys.stdout.write(inventory_text([("hv%d" % i, args.base_port + i) for i in range(1, args.hosts + 1)],
+                                        args.key, args.fallback))
+    elif args.action == "probe":
+        print(json.dumps(lab.probe(), indent=1))
+    elif args.action == "ssh":
+        sys.stdout.write(lab.run(lab.host(args.command[0]), *args.command[1:]))
+    else:
+        lab.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The lab's hypervisor-host image: Debian 12 from Debian's packages, cached by its inputs.
+
+    python -m lab.host.image            # build (or find) it and print where it is
+
+It holds systemd, openssh-server, python3-venv, kexec-tools, ndctl, QEMU from
+bookworm-backports and the 6.1 cloud kernel, which it boots. The newest 6.12
+cloud kernel, looked up at build time, waits in a local apt repository inside
+the image (not installed), so the kernel_update role installs it with apt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List
+
+from lab.testvm import guest_disk
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "build" / "cache"
+CUSTOMIZE = Path(__file__).with_name("customize.sh")
+SUITE = "bookworm"
+MIRRORS = [
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+    "deb http://deb.debian.org/debian bookworm-backports main",
+]
+PACKAGES = [
+    "systemd-sysv", "udev", "dbus", "openssh-server", "python3", "python3-venv", "python3-apt", "apt-utils",
+    "kexec-tools", "iproute2", "initramfs-tools", "zstd", "ndctl", "procps", "linux-image-cloud-amd64",
+]
+# Debian 12's own QEMU (7.2) has no cpr-reboot; all four must come from backports together.
+BACKPORTS = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"]
+NEWER_KERNEL_META = "linux-image-6.12-cloud-amd64"
+DPKG_EXCLUDES = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*",
+                 "path-include=/usr/share/locale/locale.alias", "path-exclude=/usr/share/doc/*",
+                 "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/info/*"]
+IMAGE_SIZE = "2G"
+# The nested guests tick at 20 Hz (the PIT cannot go below about 18 Hz): at 100 Hz two of them take most
+# of a TCG host's two vCPUs.
+GUEST_HZ = 20
+BUILD_TIMEOUT = 1800
+
+
+@dataclass
+class HostImage:
+    disk: str          # raw ext4 root filesystem; each host boots a qcow2 overlay of it
+    kernel: str        # the 6.1 kernel and initrd the hosts boot with -kernel
+    initrd: str
+    kernel_release: str
+    newer_kernel_package: str
+    ssh_key: str       # private key that logs in as root
+    built_seconds: float
+
+
+def ssh_key(cache: Path = CACHE) -> Path:
+    """The lab's root login key, made once; its public half is an input of the image."""
+    keys = cache / "lab-ssh"
+    keys.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = keys / "id_ed25519"
+    if not private.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "liveupdate-lab", "-f", str(private)],
+                       check=True, timeout=30)
+    return private
+
+
+def image_key(pubkey: bytes, guest: bytes) -> str:
+    inputs = json.dumps([MIRRORS, PACKAGES, BACKPORTS, NEWER_KERNEL_META, DPKG_EXCLUDES, IMAGE_SIZE], sort_keys=True)
+    digest = hashlib.sha256(inputs.encode())
+    for part in (Path(__file__).read_bytes(), CUSTOMIZE.read_bytes(), pubkey, guest):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def ensure_image(cache: Path = CACHE) -> HostImage:
+    key_file = ssh_key(cache)
+    guest = guest_disk(cache, hz=GUEST_HZ)
+    home = cache / ("lab-host-image-" + image_key(key_file.with_suffix(".pub").read_bytes(), guest.read_bytes()))
+    manifest = home / "image.json"
+    if manifest.exists():
+        return HostImage(**json.loads(manifest.read_text()))
+    _require_tools()
+    started = time.monotonic()
+    work = home.with_suffix(".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700, parents=True)
+    rootfs = work / "rootfs"
+    env = dict(os.environ, LAB_PUBKEY=str(key_file.with_suffix(".pub")), LAB_GUEST_DISK=str(guest),
+               LAB_NEWER_KERNEL_META=NEWER_KERNEL_META)
+    # keep the apt lists: they are those of the local repository only, as on a host with a current cache
+    command = ["mmdebstrap", "--variant=apt", "--mode=root", "--quiet", "--skip=cleanup/apt/lists",
+               "--aptopt=APT::Install-Recommends \"false\"",
+               "--include=" + ",".join(PACKAGES + [name + "/bookworm-backports" for name in BACKPORTS]),
+               "--customize-hook=%s \"$1\"" % CUSTOMIZE]
+    command += ["--dpkgopt=" + option for option in DPKG_EXCLUDES]
+    command += [SUITE, str(rootfs)] + MIRRORS
+    print("lab image: building the host root filesystem with mmdebstrap (a few minutes, once)", file=sys.stderr)
+    subprocess.run(command, check=True, env=env, timeout=BUILD_TIMEOUT)
+    release = _only(sorted(p.name[len("vmlinuz-"):] for p in (rootfs / "boot").glob("vmlinuz-*")), "kernel")
+    newer = (rootfs / "srv" / "liveupdate-repo" / "NEWER_KERNEL").read_text().strip()
+    shutil.copyfile(rootfs / "boot" / ("vmlinuz-" + release), work / "vmlinuz")
+    shutil.copyfile(rootfs / "boot" / ("initrd.img-" + release), work / "initrd.img")
+    disk = work / "root.img"
+    subprocess.run(["mkfs.ext4", "-q", "-L", "root", "-d", str(rootfs), str(disk), IMAGE_SIZE], check=True,
+                   timeout=600)
+    shutil.rmtree(rootfs)
+    shutil.rmtree(home, ignore_errors=True)
+    work.rename(home)
+    image = HostImage(disk=str(home / "root.img"), kernel=str(home / "vmlinuz"), initrd=str(home / "initrd.img"),
+                      kernel_release=release, newer_kernel_package=newer, ssh_key=str(key_file),
+                      built_seconds=round(time.monotonic() - started, 1))
+    manifest.write_text(json.dumps(asdict(image), indent=1) + "\n")
+    return image
+
+
+def _only(found: List[str], what: str) -> str:
+    if len(found) != 1:
+        raise RuntimeError("lab image: expected one %s in the root filesystem, found %s" % (what, found or "none"))
+    return found[0]
+
+
+def _require_tools() -> None:
+    missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "ssh-keygen") if not shutil.which(tool)]
+    if missing:
+        raise RuntimeError("lab image: %s missing; run `make setup`." % ", ".join(missing))
+    if os.geteuid() != 0:
+        raise RuntimeError("lab image: mmdebstrap --mode=root needs root; run `make demo` or `make test` as root.")
+
+
+if __name__ == "__main__":
+    print(json.dumps(asdict(ensure_image()), indent=1))

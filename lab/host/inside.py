@@ -1,0 +1,145 @@
+"""Lab steps that run inside a virtual hypervisor host (copied there with lab/guest_probe.py).
+
+    python3 inside.py pmem                          # /dev/dax0.0 on the host's pmem region
+    python3 inside.py start --host hv1 --vms 2      # nested test guests with RAM on it
+    python3 inside.py probe                         # each nested guest's state, as JSON
+
+Standard library only: it runs before host_prepare has installed anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+try:
+    from guest_probe import MAGIC, Qmp, read_guest  # inside a host, beside this file
+except ImportError:  # pragma: no cover - imported from the repository (tests)
+    from lab.guest_probe import MAGIC, Qmp, read_guest
+
+HOME = "/var/lib/liveupdate-lab"
+QMP_DIR = "/run/liveupdate-lab/qmp"
+DAX = "/dev/dax0.0"
+GUEST_DISK = HOME + "/cpr-test-guest.img"
+QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+def pmem() -> Dict[str, Any]:
+    """Turn the host's pmem region (memmap= or an emulated NVDIMM) into a devdax device, once."""
+    if not os.path.exists(DAX):
+        subprocess.run(["ndctl", "create-namespace", "-f", "-e", "namespace0.0", "-m", "devdax", "--align", "2M"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(DAX):
+        if time.monotonic() > deadline:
+            raise SystemExit("no %s after ndctl create-namespace" % DAX)
+        time.sleep(0.1)
+    with open("/sys/bus/dax/devices/dax0.0/size") as size:
+        return {"device": DAX, "size": int(size.read())}
+
+
+def vm_argv(name: str, ram_mb: int, ram: str, offset_mb: int) -> List[str]:
+    if ram == "dax":
+        backend = "memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=on,align=2M,offset=%dM" % (
+            ram_mb, DAX, offset_mb)
+    else:  # tmpfs: does not survive a reboot, which preflight must refuse
+        backend = "memory-backend-file,id=ram0,size=%dM,mem-path=/dev/shm/%s.ram,share=on" % (ram_mb, name)
+    return [QEMU, "-name", "guest=%s,debug-threads=on" % name, "-accel", "tcg", "-machine", "q35",
+            "-m", "%dM" % ram_mb, "-nodefaults", "-display", "none",
+            "-drive", "file=%s/vms/%s.img,format=raw,if=ide" % (HOME, name),
+            "-object", backend, "-machine", "memory-backend=ram0",
+            "-qmp", "unix:%s/%s.qmp,server=on,wait=off" % (QMP_DIR, name)]
+
+
+def zero_dax_range(offset_mb: int, size_mb: int) -> None:
+    """A new VM starts from zeroed RAM; pmem would otherwise hand it an earlier guest's memory."""
+    fd = os.open(DAX, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, size_mb << 20, offset=offset_mb << 20) as ram:  # devdax can only be mmapped
+            ram[:] = bytes(size_mb << 20)
+    finally:
+        os.close(fd)
+
+
+def start(host: str, vms: int, ram_mb: int, shm: List[str]) -> List[Dict[str, Any]]:
+    os.makedirs(QMP_DIR, mode=0o700, exist_ok=True)
+    os.makedirs(HOME + "/vms", mode=0o700, exist_ok=True)
+    started = []
+    for index in range(vms):
+        name = "%s-vm%d" % (host, index + 1)
+        shutil.copyfile(GUEST_DISK, "%s/vms/%s.img" % (HOME, name))
+        if name not in shm:
+            zero_dax_range(index * ram_mb, ram_mb)
+        # a transient unit without Restart=, as a hypervisor manager without libvirt would start it
+        subprocess.run(["systemd-run", "--unit", "lab-" + name, "--collect", "--quiet", "--property=Type=exec", "--"]
+                       + vm_argv(name, ram_mb, "shm" if name in shm else "dax", index * ram_mb),
+                       check=True, timeout=30)
+        started.append(name)
+    return [wait_booted(name) for name in started]
+
+
+def wait_booted(name: str, timeout: float = 60) -> Dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = probe_one("%s/%s.qmp" % (QMP_DIR, name))
+            if state["magic"] == MAGIC and state["counter"] > 0:
+                return state
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("nested guest %s did not start within %d s" % (name, timeout))
+        time.sleep(0.2)
+
+
+def probe_one(path: str) -> Dict[str, Any]:
+    monitor = Qmp(path)
+    try:
+        state = read_guest(monitor)
+        state["read_at"] = time.time()  # the host's clock: with the pass counter, it tells how long the guest ran
+        state["vm"] = os.path.basename(path)[:-len(".qmp")]
+        state["qmp"] = path
+        return state
+    finally:
+        monitor.close()
+
+
+def probe() -> List[Dict[str, Any]]:
+    found = []
+    for path in sorted(glob.glob(QMP_DIR + "/*.qmp")):
+        try:
+            found.append(probe_one(path))
+        except OSError as exc:
+            found.append({"vm": os.path.basename(path)[:-len(".qmp")], "qmp": path, "status": "unreachable",
+                          "error": str(exc)})
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=["pmem", "start", "probe"])
+    parser.add_argument("--host", default="hv")
+    parser.add_argument("--vms", type=int, default=2)
+    parser.add_argument("--ram-mb", type=int, default=16)
+    parser.add_argument("--shm", action="append", default=[], help="VM names whose RAM goes on tmpfs")
+    args = parser.parse_args()
+    if args.action == "pmem":
+        result: Any = pmem()
+    elif args.action == "start":
+        result = start(args.host, args.vms, args.ram_mb, args.shm)
+    else:
+        result = probe()
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

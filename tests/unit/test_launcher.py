@@ -1,0 +1,31 @@
+"""Relaunch details that a reboot exposes: the QMP socket's directory under /run is gone."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import ensure_socket_dir
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import socket_dir_of
+
+
+def test_socket_dir_is_recreated_as_it_was_at_the_save(tmp_path):
+    qmp_dir = tmp_path / "run" / "vms"
+    qmp_dir.mkdir(parents=True)
+    os.chmod(qmp_dir, 0o750)
+    socket_path = str(qmp_dir / "web1.qmp")
+    record = {"vm": "web1", "uid": 0, "gid": 0, "qmp": dict(socket_dir_of(socket_path), path=socket_path)}
+    qmp_dir.rmdir()
+    (tmp_path / "run").rmdir()  # as after a reboot: the whole /run tree is new
+
+    ensure_socket_dir(record)
+
+    info = os.stat(qmp_dir)
+    assert stat.S_IMODE(info.st_mode) == 0o750
+    assert (info.st_uid, info.st_gid) == (os.getuid(), os.getgid())
+
+
+def test_record_without_dir_facts_gets_a_root_only_dir(tmp_path):
+    socket_path = str(tmp_path / "gone" / "web1.qmp")
+    ensure_socket_dir({"vm": "web1", "uid": os.getuid(), "gid": os.getgid(), "qmp": {"path": socket_path}})
+    assert stat.S_IMODE(os.stat(tmp_path / "gone").st_mode) == 0o700
