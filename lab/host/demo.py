@@ -59,21 +59,24 @@ def summary(lab: Lab, now: Dict[str, Any], report: Dict[str, Any]) -> Tuple[List
         ok &= changed and now[host.name]["kernel"] != before[host.name]["kernel"]
         phases = entry.get("phases") or {}
         spans = ["%s %.0f s" % (name, float(span["end"]) - float(span["start"]))
-                 for name, span in phases.items() if "end" in span and "start" in span]
+                 for name, span in sorted(phases.items(), key=lambda item: float(item[1].get("start", 0)))
+                 if "end" in span and "start" in span]
         lines.append("  phases: " + ", ".join(spans))
         guests = {guest["vm"]: guest for guest in now[host.name]["guests"]}
         split = {row["vm"]: row for row in blackout_split(entry)}
-        lines.append("  %-9s %-9s %-16s %-9s %-11s %-14s %s" % (
-            "VM", "blackout", "= host reboot", "+ ours", "state", "passes", "RAM"))
+        lines.append("  %-9s %-9s %-10s %-11s %-11s %-14s %s" % (
+            "VM", "blackout", "= reboot*", "+ save etc", "state", "passes", "RAM"))
         for vm in host.vms:
             verdict = guest_verdict(vm, guests.get(vm["vm"]))
             row = split.get(vm["vm"], {})
             ok &= verdict["ok"]
-            lines.append("  %-9s %-9s %-16s %-9s %-11s %-14s %s" % (
+            lines.append("  %-9s %-9s %-10s %-11s %-11s %-14s %s" % (
                 vm["vm"], _seconds(row.get("blackout")), _seconds(row.get("reboot")), _seconds(row.get("tooling")),
                 "{:,} B".format(row["state_size"]) if row.get("state_size") else "-",
                 "%s -> %s" % (verdict.get("counter_before", "?"), verdict.get("counter_now", "?")), verdict["why"]))
         lines.append("")
+    lines.append("* reboot: from the kexec jump until a real SSH command answered on the new boot (the host's boot,")
+    lines.append("  plus Ansible noticing it); the rest is saving after the first pause and restoring.")
     lines.append("RESULT: %s" % ("every host on its new kernel, every VM resumed with its RAM verified" if ok
                                  else "FAILED (see above)"))
     return lines, ok

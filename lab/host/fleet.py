@@ -2,7 +2,7 @@
 
     python -m lab.host.fleet create --dir /tmp/lu-hosts --hosts 2 --vms 2
     python -m lab.host.fleet probe --dir /tmp/lu-hosts
-    python -m lab.host.fleet ssh --dir /tmp/lu-hosts hv1 uname -r
+    python -m lab.host.fleet ssh --dir /tmp/lu-hosts hv1 -- uname -r
     python -m lab.host.fleet destroy --dir /tmp/lu-hosts
 
 Each host boots the lab image (lab.host.image) under TCG with SSH on a loopback
@@ -261,8 +261,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--base-port", type=int, default=0, help="SSH port of hv1 minus one (default: free ports)")
     parser.add_argument("--fallback", action="append", default=[], help="a host for group lab_fallback")
     parser.add_argument("--key", default="", help="for inventory: the key path as the inventory should name it")
-    parser.add_argument("command", nargs="*", help="for ssh: HOST COMMAND...")
-    args = parser.parse_args(argv)
+    parser.add_argument("command", nargs="*", help="for ssh: HOST [-- COMMAND...]")
+    words = list(sys.argv[1:] if argv is None else argv)
+    # after `--` comes the remote command, whose own options argparse must not read
+    remote = words[words.index("--") + 1:] if "--" in words else []
+    args = parser.parse_intermixed_args(words[:words.index("--")] if "--" in words else words)
+    args.command += remote
     lab = Lab(args.dir)
     if args.action == "create":
         lab.destroy()
