@@ -81,7 +81,7 @@ def inventory(lab_dir: str, hosts: int, root: str = str(ROOT)) -> Dict[str, Any]
     }}}}}
 
 
-class _IndentedDumper(yaml.SafeDumper):
+class IndentedDumper(yaml.SafeDumper):
     """Indent list items under their key, as yamllint expects."""
 
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
@@ -89,7 +89,7 @@ class _IndentedDumper(yaml.SafeDumper):
 
 
 def inventory_text(lab_dir: str, hosts: int, root: str = str(ROOT)) -> str:
-    body = yaml.dump(inventory(lab_dir, hosts, root), Dumper=_IndentedDumper, sort_keys=False, width=200)
+    body = yaml.dump(inventory(lab_dir, hosts, root), Dumper=IndentedDumper, sort_keys=False, width=200)
     return "---\n# Written by `python -m lab.fleet`.\n" + body
 
 

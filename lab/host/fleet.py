@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from lab.fleet import IndentedDumper
 from lab.host.image import HostImage, ensure_image
 from lab.testvm import kill_all, qemu_available
 
@@ -239,14 +240,9 @@ def inventory(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str
     }}}
 
 
-class _IndentedDumper(yaml.SafeDumper):
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
 def inventory_text(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str] = ()) -> str:
     return "---\n# Written by `python -m lab.host.fleet`.\n" + yaml.dump(
-        inventory(hosts, key, fallback), Dumper=_IndentedDumper, sort_keys=False, width=200)
+        inventory(hosts, key, fallback), Dumper=IndentedDumper, sort_keys=False, width=200)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
