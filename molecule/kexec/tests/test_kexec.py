@@ -68,18 +68,25 @@ def test_restored_vms_run_in_transient_units_without_restart(host):
         assert host.check_output("systemctl show -P Restart %s", unit) == "no"
 
 
-def test_report_blackout_matches_what_the_guest_counted(host):
-    """QEMU's STOP/RESUME times (the report) against the guest's own pass counter, read from its RAM."""
+def test_report_blackout_agrees_with_the_guest_and_the_host(host):
+    """The report's blackout (QEMU's STOP to RESUME) is bracketed by two observations from outside it.
+
+    Above: the guest's own pass counter, read from its RAM, cannot have run during the blackout. Under TCG the
+    guest loses timer ticks (about 13 of its 20 Hz were seen), never gains them, so elapsed time minus
+    passes / 20 Hz over-estimates the time it stood still: an upper bound, not a measurement.
+    Below: the host itself was down from the kexec jump until SSH answered, on its own clock."""
     entry = lab_host(host)[1]
     report = report_entry(host, "reports-fallback" if entry["name"] == "hv3" else "reports")
     assert report["status"] == "updated" and not report["vms_down"], report
     rows = {row["vm"]: row for row in blackout_split(report)}
     now = guests_now(host)
     for vm in expected_vms(host, entry):
-        blackout = float(rows[vm["vm"]]["blackout"])
-        stopped = counter_gap(vm, now[vm["vm"]])
-        # the counter also misses the probes' brief stops, and the host clock is re-read from the RTC on boot
-        assert abs(stopped - blackout) <= 2.0 + 0.1 * blackout, (vm["vm"], blackout, stopped)
+        row = rows[vm["vm"]]
+        stood_still = counter_gap(vm, now[vm["vm"]])
+        # 2 s: the host clock is re-read from the RTC at boot
+        assert float(row["blackout"]) <= stood_still + 2.0, (vm["vm"], row["blackout"], stood_still)
+        if row["reboot"] is not None:
+            assert float(row["blackout"]) >= float(row["reboot"]), (vm["vm"], row)
 
 
 def test_report_names_the_kernels_and_the_reboot(host):
