@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule demo demo-local bench ee-context clean
+.PHONY: all setup system-packages venv test lint ruff mypy sanity ansible-lint changelog-lint pytest molecule molecule-kexec demo demo-local bench ee-context clean
 
 all: test
 
@@ -47,6 +47,10 @@ pytest: setup
 
 molecule: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default
+
+# The virtual hypervisor lab's scenario (about 35 minutes). Not yet in `make test`: its verify step has not
+# run green end to end (see issue #4), and CI must stay inside 90 minutes.
+molecule-kexec: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name kexec
 
 demo: setup

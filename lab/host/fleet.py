@@ -99,7 +99,8 @@ class Lab:
 
     @property
     def key(self) -> str:
-        return str(self.state["image"]["ssh_key"])
+        # a copy in the lab dir: inventories (and testinfra, which does not template) name it literally
+        return str(self.dir / "ssh" / "id_ed25519")
 
     def hosts(self) -> List[LabHost]:
         return [LabHost(**entry) for entry in self.state.get("hosts", [])]
@@ -161,6 +162,9 @@ class Lab:
             name, base_port + index if base_port else free_port(), pmem[index - 1] if index <= len(pmem) else "memmap",
             str(self.dir / name))) for index, name in enumerate(names, 1)]}
         self.save()
+        os.makedirs(self.dir / "ssh", mode=0o700, exist_ok=True)
+        shutil.copyfile(image.ssh_key, self.key)
+        os.chmod(self.key, 0o600)
         started = time.monotonic()
         for host in self.hosts():
             os.makedirs(host.home, mode=0o700, exist_ok=True)

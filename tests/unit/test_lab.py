@@ -23,7 +23,7 @@ def test_kexec_molecule_inventory_is_the_host_lab_inventory():
     committed = yaml.safe_load((ROOT / "molecule" / "kexec" / "inventory.yml").read_text())
     assert committed == host_fleet.inventory(
         [("hv1", 42301), ("hv2", 42302), ("hv3", 42303)],
-        "{{ lookup('env', 'MOLECULE_PROJECT_DIRECTORY') }}/build/cache/lab-ssh/id_ed25519", ["hv3"])
+        "/tmp/liveupdate-molecule-kexec/ssh/id_ed25519", ["hv3"])
 
 
 def test_lab_pmem_ranges_of_nested_vms_do_not_overlap():

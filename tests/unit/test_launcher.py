@@ -29,3 +29,14 @@ def test_record_without_dir_facts_gets_a_root_only_dir(tmp_path):
     socket_path = str(tmp_path / "gone" / "web1.qmp")
     ensure_socket_dir({"vm": "web1", "uid": os.getuid(), "gid": os.getgid(), "qmp": {"path": socket_path}})
     assert stat.S_IMODE(os.stat(tmp_path / "gone").st_mode) == 0o700
+
+
+def test_vms_restored_at_once_into_one_missing_dir_all_succeed(tmp_path):
+    """vm_restore restores VMs concurrently; two of them may find the directory missing at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [{"vm": "web%d" % i, "uid": os.getuid(), "gid": os.getgid(),
+                "qmp": {"path": str(tmp_path / "run" / "lab" / "qmp" / ("web%d.qmp" % i))}} for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(ensure_socket_dir, records))
+    assert stat.S_IMODE(os.stat(tmp_path / "run" / "lab" / "qmp").st_mode) == 0o700
