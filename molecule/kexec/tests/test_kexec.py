@@ -64,8 +64,9 @@ def test_restored_vms_run_in_transient_units_without_restart(host):
     entry = lab_host(host)[1]
     units = host.check_output("systemctl list-units --plain --no-legend --type=service 'liveupdate-cpr-*'")
     for vm in expected_vms(host, entry):
-        unit = next(line.split()[0] for line in units.splitlines() if vm["vm"] in line)
-        assert host.check_output("systemctl show -P Restart %s", unit) == "no"
+        found = [line.split()[0] for line in units.splitlines() if vm["vm"] in line]
+        assert found, "no liveupdate-cpr-* unit runs %s:\n%s" % (vm["vm"], units)
+        assert host.check_output("systemctl show -P Restart %s", found[0]) == "no"
 
 
 def test_report_blackout_agrees_with_the_guest_and_the_host(host):
