@@ -12,7 +12,7 @@ import socket
 import struct
 import tempfile
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 INFO_ADDR = 0x5000
 INFO_FORMAT = "<IIQII"       # magic, pass counter, nonce, range start, range end
@@ -102,3 +102,28 @@ def read_guest(monitor: Qmp, scratch_dir: Optional[str] = None) -> Dict[str, Any
                 monitor.cmd("cont")
     return {"magic": magic, "counter": counter, "nonce": nonce, "range_start": start, "range_end": end,
             "pattern_ok": ok, "pattern_detail": detail, "status": status}
+
+
+def probe_socket(path: str) -> Dict[str, Any]:
+    """The guest's state now, through the QMP socket at path."""
+    monitor = Qmp(path)
+    try:
+        return read_guest(monitor)
+    finally:
+        monitor.close()
+
+
+def wait_started(read: Callable[[], Dict[str, Any]], name: str, timeout: float, interval: float) -> Dict[str, Any]:
+    """Read the guest until it has written its info block and made a pass; a QMP socket not up yet is retried."""
+    deadline = time.monotonic() + timeout
+    state: Optional[Dict[str, Any]] = None
+    while True:
+        try:
+            state = read()
+            if state["magic"] == MAGIC and state["counter"] > 0:
+                return state
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("guest %s did not start its loop within %d s: %r" % (name, timeout, state))
+        time.sleep(interval)

@@ -20,7 +20,7 @@ from typing import List, Optional
 from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from lab.guest_probe import MAGIC, Qmp, read_guest
+from lab.guest_probe import probe_socket, wait_started
 
 GUEST_ASM = Path(__file__).parent / "guest" / "cpr-test-guest.asm"
 QEMU = os.environ.get("LIVEUPDATE_QEMU", "qemu-system-x86_64")
@@ -130,14 +130,7 @@ class TestVm:
                 time.sleep(0.02)
 
     def wait_booted(self, timeout: float = 20.0) -> GuestState:
-        deadline = time.monotonic() + timeout
-        while True:
-            state = probe(self)
-            if state.magic == MAGIC and state.counter > 0:
-                return state
-            if time.monotonic() > deadline:
-                raise RuntimeError("guest %s did not start its loop: %r" % (self.name, state))
-            time.sleep(0.1)
+        return GuestState(**wait_started(lambda: probe_socket(str(self.qmp_path)), self.name, timeout, 0.1))
 
 
 def _listening(path: Path) -> bool:
@@ -165,11 +158,7 @@ class GuestState:
 
 def probe(vm: TestVm) -> GuestState:
     """The guest's state now, read from outside over QMP (see lab.guest_probe)."""
-    monitor = Qmp(str(vm.qmp_path))
-    try:
-        return GuestState(**read_guest(monitor))
-    finally:
-        monitor.close()
+    return GuestState(**probe_socket(str(vm.qmp_path)))
 
 
 def kill_all(qmp_dir: Path) -> None:

@@ -21,9 +21,9 @@ import time
 from typing import Any, Dict, List
 
 try:
-    from guest_probe import MAGIC, Qmp, read_guest  # inside a host, beside this file
+    from guest_probe import probe_socket, wait_started  # inside a host, beside this file
 except ImportError:  # pragma: no cover - imported from the repository (tests)
-    from lab.guest_probe import MAGIC, Qmp, read_guest
+    from lab.guest_probe import probe_socket, wait_started
 
 HOME = "/var/lib/liveupdate-lab"
 QMP_DIR = "/run/liveupdate-lab/qmp"
@@ -87,29 +87,16 @@ def start(host: str, vms: int, ram_mb: int, shm: List[str]) -> List[Dict[str, An
 
 
 def wait_booted(name: str, timeout: float = 60) -> Dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            state = probe_one("%s/%s.qmp" % (QMP_DIR, name))
-            if state["magic"] == MAGIC and state["counter"] > 0:
-                return state
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("nested guest %s did not start within %d s" % (name, timeout))
-        time.sleep(0.2)
+    path = "%s/%s.qmp" % (QMP_DIR, name)
+    return wait_started(lambda: probe_one(path), name, timeout, 0.2)
 
 
 def probe_one(path: str) -> Dict[str, Any]:
-    monitor = Qmp(path)
-    try:
-        state = read_guest(monitor)
-        state["read_at"] = time.time()  # the host's clock: with the pass counter, it tells how long the guest ran
-        state["vm"] = os.path.basename(path)[:-len(".qmp")]
-        state["qmp"] = path
-        return state
-    finally:
-        monitor.close()
+    state = probe_socket(path)
+    state["read_at"] = time.time()  # the host's clock: with the pass counter, it tells how long the guest ran
+    state["vm"] = os.path.basename(path)[:-len(".qmp")]
+    state["qmp"] = path
+    return state
 
 
 def probe() -> List[Dict[str, Any]]:
