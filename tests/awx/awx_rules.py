@@ -11,7 +11,7 @@ The AWX messages are kept, so a failure here reads like the 400 AWX would answer
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 # awx/main/constants.py
 SURVEY_TYPE_MAPPING: Dict[str, Any] = {"text": str, "textarea": str, "password": str, "multiplechoice": str,
@@ -79,6 +79,17 @@ def spec_errors(spec: Any) -> List[str]:
     return errors
 
 
+def _range_errors(variable: str, value: Any, item: Dict[str, Any], cast: Callable[[Any], Any],
+                  limit: Callable[[str], Any]) -> List[str]:
+    """AWX's min/max check of an integer or float answer (the same in both branches of its source)."""
+    errors = []
+    if limit("min") is not None and value < cast(item["min"]):
+        errors.append("'%s' value %s is too small (must be at least %s)." % (variable, value, item["min"]))
+    if limit("max") is not None and value > cast(item["max"]):
+        errors.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, item["max"]))
+    return errors
+
+
 def answer_errors(item: Dict[str, Any], data: Dict[str, Any]) -> List[str]:
     """Why AWX would refuse this launch-time answer (or default) to one survey question."""
     variable, qtype = item["variable"], item["type"]
@@ -101,17 +112,11 @@ def answer_errors(item: Dict[str, Any], data: Dict[str, Any]) -> List[str]:
     elif qtype == "integer":
         if not isinstance(value, int) or isinstance(value, bool):  # AWX: type(value) != int
             return ["Value %s for '%s' expected to be an integer." % (value, variable)]
-        if limit("min") is not None and value < int(item["min"]):
-            errors.append("'%s' value %s is too small (must be at least %s)." % (variable, value, item["min"]))
-        if limit("max") is not None and value > int(item["max"]):
-            errors.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, item["max"]))
+        errors += _range_errors(variable, value, item, int, limit)
     elif qtype == "float":
         if not isinstance(value, (float, int)) or isinstance(value, bool):
             return ["Value %s for '%s' expected to be a numeric type." % (value, variable)]
-        if limit("min") is not None and value < float(item["min"]):
-            errors.append("'%s' value %s is too small (must be at least %s)." % (variable, value, item["min"]))
-        if limit("max") is not None and value > float(item["max"]):
-            errors.append("'%s' value %s is too large (must be no more than %s)." % (variable, value, item["max"]))
+        errors += _range_errors(variable, value, item, float, limit)
     elif qtype == "multiselect":
         if not isinstance(value, list):
             return ["'%s' value is expected to be a list." % variable]
