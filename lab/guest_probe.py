@@ -15,7 +15,9 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 INFO_ADDR = 0x5000
-INFO_FORMAT = "<IIQII"       # magic, pass counter, nonce, range start, range end
+# magic, pass counter, nonce, range start, range end, then the guest's CMOS clock (seconds since midnight)
+# at its last pass, its longest stall in seconds, and the clock when that stall ended
+INFO_FORMAT = "<IIQIIIII"
 MAGIC = 0x47525043           # 'CPRG'
 PATTERN_BASE = 0xA5
 PAGE = 4096
@@ -90,7 +92,7 @@ def read_guest(monitor: Qmp, scratch_dir: Optional[str] = None) -> Dict[str, Any
             dump = os.path.join(tmp, "info")
             monitor.cmd("pmemsave", val=INFO_ADDR, size=struct.calcsize(INFO_FORMAT), filename=dump)
             with open(dump, "rb") as handle:
-                magic, counter, nonce, start, end = struct.unpack(INFO_FORMAT, handle.read())
+                magic, counter, nonce, start, end, clock, stall, stall_ended = struct.unpack(INFO_FORMAT, handle.read())
             ok, detail = False, "guest not started"
             if magic == MAGIC and start < end:
                 pages = os.path.join(tmp, "pages")
@@ -101,7 +103,8 @@ def read_guest(monitor: Qmp, scratch_dir: Optional[str] = None) -> Dict[str, Any
             if status == "running":
                 monitor.cmd("cont")
     return {"magic": magic, "counter": counter, "nonce": nonce, "range_start": start, "range_end": end,
-            "pattern_ok": ok, "pattern_detail": detail, "status": status}
+            "pattern_ok": ok, "pattern_detail": detail, "status": status,
+            "clock": clock, "longest_stall": stall, "longest_stall_ended": stall_ended}
 
 
 def probe_socket(path: str) -> Dict[str, Any]:

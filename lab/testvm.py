@@ -154,6 +154,9 @@ class GuestState:
     pattern_ok: bool
     pattern_detail: str
     status: str
+    clock: int                  # the guest's CMOS clock at its last pass, UTC seconds of day
+    longest_stall: int          # the most CMOS seconds between two passes: its own view of a blackout
+    longest_stall_ended: int
 
 
 def probe(vm: TestVm) -> GuestState:

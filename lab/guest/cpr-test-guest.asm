@@ -12,6 +12,12 @@
 ;   0x5008  u64  RDTSC nonce written once at start
 ;   0x5010  u32  first byte of the page range (0x200000)
 ;   0x5014  u32  end of the page range (exclusive)
+;   0x5018  u32  the CMOS clock at the last pass, in seconds since midnight
+;   0x501c  u32  longest stall: the most CMOS seconds between two passes
+;   0x5020  u32  the CMOS clock when that stall ended
+; The CMOS clock follows the host's wall clock (QEMU's default -rtc clock=host),
+; also while the VM is stopped, so the longest stall is the guest's own view of
+; its blackout, to the second, whatever ticks TCG dropped.
 ; After N completed passes every page's first byte is (0xA5 + N) & 0xFF;
 ; pages of an unfinished pass hold one more than the rest.
 
@@ -111,6 +117,21 @@ protected:
     mov [INFO + 0x0c], edx
     mov dword [INFO + 0x04], 0
 
+    ; CMOS clock in binary, 24-hour (register B bits 2 and 1)
+    mov al, 0x0b
+    out 0x70, al
+    in al, 0x71
+    or al, 6
+    mov ah, al
+    mov al, 0x0b
+    out 0x70, al
+    mov al, ah
+    out 0x71, al
+    call clock_now
+    mov [INFO + 0x18], eax
+    mov dword [INFO + 0x1c], 0
+    mov [INFO + 0x20], eax
+
     mov edi, RANGE_START
     mov ecx, ebx
     sub ecx, edi
@@ -130,7 +151,47 @@ protected:
     cmp edi, ebx
     jb .page
     inc dword [INFO + 0x04]
+    call clock_now
+    mov edx, eax
+    sub edx, [INFO + 0x18]
+    jns .forward
+    add edx, 86400              ; past midnight
+.forward:
+    mov [INFO + 0x18], eax
+    cmp edx, [INFO + 0x1c]
+    jbe .pass
+    mov [INFO + 0x1c], edx
+    mov [INFO + 0x20], eax
     jmp .pass
+
+; eax = CMOS seconds since midnight, read until two reads agree, since the
+; clock may tick between reading its hours, minutes and seconds
+clock_now:
+    call clock_read
+    mov edx, eax
+    call clock_read
+    cmp eax, edx
+    jne clock_now
+    ret
+
+clock_read:                     ; eax = hours * 3600 + minutes * 60 + seconds; clobbers ecx
+    mov al, 4
+    out 0x70, al
+    in al, 0x71
+    movzx ecx, al
+    imul ecx, ecx, 60
+    mov al, 2
+    out 0x70, al
+    in al, 0x71
+    movzx eax, al
+    add ecx, eax
+    imul ecx, ecx, 60
+    xor eax, eax
+    out 0x70, al
+    in al, 0x71
+    movzx eax, al
+    add eax, ecx
+    ret
 
 tick:
     push eax

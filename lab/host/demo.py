@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from lab.host.evidence import blackout_split, guest_verdict
+from lab.host.evidence import STALL_TOLERANCE_SECONDS, blackout_split, guest_verdict, stall_agreement
 from lab.host.fleet import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,19 +64,27 @@ def summary(lab: Lab, now: Dict[str, Any], report: Dict[str, Any]) -> Tuple[List
         lines.append("  phases: " + ", ".join(spans))
         guests = {guest["vm"]: guest for guest in now[host.name]["guests"]}
         split = {row["vm"]: row for row in blackout_split(entry)}
-        lines.append("  %-9s %-9s %-10s %-11s %-11s %-14s %s" % (
-            "VM", "blackout", "= reboot*", "+ save etc", "state", "passes", "RAM"))
+        reported = {vm["vm"]: vm for vm in entry.get("vms", [])}
+        lines.append("  %-9s %-9s %-10s %-11s %-10s %-11s %-14s %s" % (
+            "VM", "blackout", "= reboot*", "+ save etc", "guest saw", "state", "passes", "RAM"))
         for vm in host.vms:
             verdict = guest_verdict(vm, guests.get(vm["vm"]))
+            agreement = stall_agreement(reported.get(vm["vm"], {}), guests.get(vm["vm"]) or {})
             row = split.get(vm["vm"], {})
-            ok &= verdict["ok"]
-            lines.append("  %-9s %-9s %-10s %-11s %-11s %-14s %s" % (
+            ok &= verdict["ok"] and agreement["ok"]
+            lines.append("  %-9s %-9s %-10s %-11s %-10s %-11s %-14s %s" % (
                 vm["vm"], _seconds(row.get("blackout")), _seconds(row.get("reboot")), _seconds(row.get("tooling")),
+                "%d s%s" % (agreement["guest_stall"], "" if agreement["ok"] else " (!)")
+                if "guest_stall" in agreement else "-",
                 "{:,} B".format(row["state_size"]) if row.get("state_size") else "-",
                 "%s -> %s" % (verdict.get("counter_before", "?"), verdict.get("counter_now", "?")), verdict["why"]))
+            if not agreement["ok"]:
+                lines.append("    blackout does not match the guest: %s" % agreement["why"])
         lines.append("")
     lines.append("* reboot: from the kexec jump until a real SSH command answered on the new boot (the host's boot,")
     lines.append("  plus Ansible noticing it); the rest is saving after the first pause and restoring.")
+    lines.append("guest saw: the guest's own longest stall, by its CMOS clock, read from its RAM; it must match the")
+    lines.append("  blackout (QEMU's STOP to RESUME) within %.0f s." % STALL_TOLERANCE_SECONDS)
     lines.append("RESULT: %s" % ("every host on its new kernel, every VM resumed with its RAM verified" if ok
                                  else "FAILED (see above)"))
     return lines, ok

@@ -2,15 +2,19 @@
 
 - Resumed, not rebooted: the guest's RDTSC nonce, written once at its start, is unchanged.
 - It ran on: its pass counter rose. Its RAM is intact: every page holds the pattern for that count.
-- Its blackout, two ways: from QEMU's own STOP/RESUME event times (the report), and from the guest's
-  counter, which only advances while the guest runs: elapsed time minus passes / tick rate.
+- Its blackout, from QEMU's own STOP/RESUME event times (the report), against the guest's own view: its
+  longest stall, the most seconds its CMOS clock moved between two of its passes. The clock follows the
+  host's wall clock while the VM is stopped; the guest writes the stall into its RAM, read from outside.
+  The pass counter alone cannot tell it: under TCG the guest loses timer ticks.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from lab.host.image import GUEST_HZ
+# The guest's CMOS clock counts whole seconds, and QEMU starts it up to a second behind the host's clock.
+STALL_TOLERANCE_SECONDS = 2.0
+SECONDS_PER_DAY = 86400
 
 
 def guest_verdict(before: Dict[str, Any], now: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -24,15 +28,7 @@ def guest_verdict(before: Dict[str, Any], now: Optional[Dict[str, Any]]) -> Dict
         (now["pattern_ok"], "pattern broken: " + now["pattern_detail"]),
         (now["status"] == "running", "status " + now["status"])) if not check))
     return {"vm": before["vm"], "ok": ok, "why": why, "nonce_same": resumed,
-            "counter_before": before["counter"], "counter_now": now["counter"],
-            "stopped_seconds_by_counter": counter_gap(before, now)}
-
-
-def counter_gap(before: Dict[str, Any], now: Dict[str, Any], hz: float = GUEST_HZ) -> Optional[float]:
-    """Seconds the guest did not run between two reads, by its own pass counter (host clock, about ±1 s)."""
-    if "read_at" not in before or "read_at" not in now:
-        return None
-    return round((now["read_at"] - before["read_at"]) - (now["counter"] - before["counter"]) / hz, 2)
+            "counter_before": before["counter"], "counter_now": now["counter"]}
 
 
 def blackout_split(host_report: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -49,3 +45,22 @@ def blackout_split(host_report: Dict[str, Any]) -> List[Dict[str, Any]]:
         rows.append({"vm": vm["vm"], "blackout": blackout, "reboot": reboot_seconds, "tooling": tooling,
                      "state_size": vm.get("state_size"), "mode": vm.get("mode")})
     return rows
+
+
+def stall_agreement(report_vm: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, Any]:
+    """Does the report's blackout match the guest's longest stall, in length and in when it ended?
+
+    report_vm is a VM of the report (blackout_seconds, resumed_at: QEMU's RESUME, epoch seconds); now is the
+    guest's state read from its RAM (longest_stall, longest_stall_ended: its CMOS clock, UTC seconds of day)."""
+    blackout, resumed_at = report_vm.get("blackout_seconds"), report_vm.get("resumed_at")
+    if blackout is None or resumed_at is None or now.get("longest_stall") is None:
+        return {"ok": False, "why": "no blackout in the report, or no stall read from the guest"}
+    length_off = now["longest_stall"] - float(blackout)
+    # the CMOS clock is UTC (QEMU's default -rtc base=utc), in seconds since midnight
+    ended_off = (now["longest_stall_ended"] - float(resumed_at)) % SECONDS_PER_DAY
+    ended_off = ended_off - SECONDS_PER_DAY if ended_off > SECONDS_PER_DAY / 2 else ended_off
+    ok = abs(length_off) <= STALL_TOLERANCE_SECONDS and abs(ended_off) <= STALL_TOLERANCE_SECONDS + 1
+    return {"ok": ok, "guest_stall": now["longest_stall"], "blackout": float(blackout),
+            "length_off": round(length_off, 2), "ended_off": round(ended_off, 2),
+            "why": "guest stood still %d s, report says %.2f s, ending %+.1f s from its RESUME" % (
+                now["longest_stall"], float(blackout), ended_off)}

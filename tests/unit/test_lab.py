@@ -32,3 +32,21 @@ def test_lab_pmem_ranges_of_nested_vms_do_not_overlap():
     argvs = [inside.vm_argv("hv1-vm%d" % i, 16, "dax", (i - 1) * 16) for i in (1, 2, 3)]
     offsets = [next(arg for arg in argv if arg.startswith("memory-backend-file")).split("offset=")[1] for argv in argvs]
     assert offsets == ["0M", "16M", "32M"]
+
+
+def test_report_blackout_must_match_the_guests_own_stall():
+    from lab.host.evidence import stall_agreement
+    resumed_at = 1_700_000_000.4        # 22:13:20.4 UTC
+    reported = {"blackout_seconds": 116.2, "resumed_at": resumed_at}
+    seen = {"longest_stall": 116, "longest_stall_ended": int(resumed_at) % 86400}
+    assert stall_agreement(reported, seen)["ok"]
+    # the clock is a second coarse and may start a second behind the host's
+    assert stall_agreement(reported, dict(seen, longest_stall=115, longest_stall_ended=seen["longest_stall_ended"] - 2))["ok"]
+    short = stall_agreement(reported, dict(seen, longest_stall=60))
+    assert not short["ok"] and "60 s" in short["why"]
+    elsewhere = stall_agreement(reported, dict(seen, longest_stall_ended=seen["longest_stall_ended"] - 600))
+    assert not elsewhere["ok"]
+    # a blackout across midnight, UTC
+    midnight = {"blackout_seconds": 10.0, "resumed_at": 1_700_006_400.5}   # 00:00:00.5 UTC
+    assert stall_agreement(midnight, {"longest_stall": 10, "longest_stall_ended": 86399})["ok"]
+    assert not stall_agreement({}, seen)["ok"]
