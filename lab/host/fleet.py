@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -207,21 +208,22 @@ class Lab:
 
     def destroy(self) -> None:
         for host in self.hosts():
-            try:
-                pid = int(Path(host.pidfile).read_text())
-                os.kill(pid, 9)
-            except (OSError, ValueError):
-                pass
+            _signal(host, signal.SIGKILL)
         kill_all(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _alive(host: LabHost) -> bool:
+def _signal(host: LabHost, signum: int) -> bool:
+    """Signal the host's QEMU by its pidfile; False when it has none or is gone."""
     try:
-        os.kill(int(Path(host.pidfile).read_text()), 0)
+        os.kill(int(Path(host.pidfile).read_text()), signum)
         return True
     except (OSError, ValueError):
         return False
+
+
+def _alive(host: LabHost) -> bool:
+    return _signal(host, 0)
 
 
 def inventory(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str] = ()) -> Dict[str, Any]:

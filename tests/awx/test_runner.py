@@ -153,4 +153,5 @@ def test_rollout_template_updates_every_host_and_publishes_its_summary(awx):
     # Resume / restore on a finished host: it resumes nothing and changes nothing
     resumed = awx.launch("resume", PLAYBOOK, survey("resume.json", LAB_ANSWERS), limit="hv2")
     assert_successful(resumed)
+    assert not any(resumed.stats.get("changed", {}).values()), "a finished host changes nothing: %r" % resumed.stats
     assert awx.probe()["hv2-vm1"]["pid"] == after["hv2-vm1"]["pid"]
