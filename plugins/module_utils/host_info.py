@@ -9,13 +9,13 @@ from typing import Any, Dict
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import ram_verdict
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, assess_all, public_view
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import record_sockets, select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
 
 def info_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, list(records), record_sockets(records))
+    scope = select(opts.qmp_dir, opts.vms, records)
     assessed = assess_all(scope.running, opts, check_outdated=True)
     overlaps = ram_verdict.overlapping_ranges({r.vm.name: r.vm.ram for r in assessed})
     running = {r.vm.name for r in assessed}

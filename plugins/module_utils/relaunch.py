@@ -25,7 +25,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
     public_view,
     save_one,
 )
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import record_sockets, select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
 
 @dataclass
@@ -44,7 +44,7 @@ def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, list(records), record_sockets(records))
+    scope = select(opts.qmp_dir, opts.vms, records)
     waiting = [name for name, r in records.items() if r.get("phase") in jr.AWAITING_RESTORE]
     if waiting:
         raise NotReadyError("the journal holds unrestored saves of %s." % ", ".join(sorted(waiting)), vm=sorted(waiting)[0],

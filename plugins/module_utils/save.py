@@ -30,7 +30,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     SaveError,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import record_sockets, select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
 PARTIAL_SUFFIX = ".partial"
 # Device state is about 300 KB; leave room for it and for the journal.
@@ -240,7 +240,7 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, list(records), record_sockets(records))
+    scope = select(opts.qmp_dir, opts.vms, records)
     running = scope.by_name()
     results: List[Dict[str, Any]] = []
     for name, record in sorted(records.items()):

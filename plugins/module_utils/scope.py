@@ -9,7 +9,7 @@ import socket
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, running_qemus
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError, ScopeError
@@ -70,14 +70,10 @@ def _check_stray_sockets(qmp_dir: str, known: Sequence[QemuProcess], warnings: L
             path, peer), fix="run the collection where that QEMU's /proc is visible, or move its socket out of qmp_dir.")
 
 
-def record_sockets(records: Dict[str, Dict[str, Any]]) -> List[str]:
-    """The QMP socket paths of the journal's VMs."""
-    return [str(record.get("qmp", {}).get("path", "")) for record in records.values()]
-
-
-def select(qmp_dir: Optional[str], names: Sequence[str], journal_names: Sequence[str] = (),
-           journal_sockets: Sequence[str] = ()) -> Scope:
-    """The running VMs in scope; names may also match VMs that are saved and down."""
+def select(qmp_dir: Optional[str], names: Sequence[str], journal: Optional[Mapping[str, Dict[str, Any]]] = None) -> Scope:
+    """The running VMs in scope; names may also match VMs that are saved and down (the journal's records, by name)."""
+    journal = journal or {}
+    journal_sockets = [str(record.get("qmp", {}).get("path", "")) for record in journal.values()]
     running = running_qemus()
     scope = Scope(running)
     if qmp_dir and not os.path.isdir(qmp_dir) and any(_under(path, qmp_dir) for path in journal_sockets):
@@ -98,7 +94,7 @@ def select(qmp_dir: Optional[str], names: Sequence[str], journal_names: Sequence
                              vm=vm.name, fix="give every VM a unique -name guest=NAME; the journal is keyed by it.")
         seen[vm.name] = vm
     if names:
-        unknown = [name for name in names if name not in seen and name not in journal_names]
+        unknown = [name for name in names if name not in seen and name not in journal]
         if unknown:
             raise ScopeError("no VM named %s runs%s or is in the journal. VMs in scope: %s." % (
                 ", ".join(unknown), " under %s" % qmp_dir if qmp_dir else "", ", ".join(sorted(seen)) or "none"),
