@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import ensure_socket_dir
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import socket_dir_of
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
 
 def test_socket_dir_is_recreated_as_it_was_at_the_save(tmp_path):
@@ -40,3 +44,14 @@ def test_vms_restored_at_once_into_one_missing_dir_all_succeed(tmp_path):
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(ensure_socket_dir, records))
     assert stat.S_IMODE(os.stat(tmp_path / "run" / "lab" / "qmp").st_mode) == 0o700
+
+
+def test_a_missing_qmp_dir_is_excused_only_by_journal_vms_that_lived_there(tmp_path):
+    gone = str(tmp_path / "run" / "vms")
+    journal = {"web1": {"vm": "web1", "qmp": {"path": gone + "/web1.qmp"}}}
+    scope = select(gone, ["web1"], journal)
+    assert scope.running == [] and "does not exist (yet)" in scope.warnings[0]
+    with pytest.raises(ScopeError, match="does not exist"):
+        select(gone, [], {"db1": {"vm": "db1", "qmp": {"path": "/elsewhere/db1.qmp"}}})
+    with pytest.raises(ScopeError, match="does not exist"):
+        select(gone, [])
