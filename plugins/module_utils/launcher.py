@@ -95,12 +95,13 @@ def ensure_socket_dir(record: Dict[str, Any]) -> None:
     directory = os.path.dirname(record["qmp"]["path"])
     if os.path.isdir(directory):
         return
+    mode = record["qmp"].get("dir_mode", 0o700)
     os.makedirs(os.path.dirname(directory), mode=0o755, exist_ok=True)
     try:
-        os.mkdir(directory, record["qmp"].get("dir_mode", 0o700))
+        os.mkdir(directory, mode)
     except FileExistsError:
         return  # the restore of another VM in the same directory, running at the same moment, made it
-    os.chmod(directory, record["qmp"].get("dir_mode", 0o700))  # mkdir's mode is cut by the umask
+    os.chmod(directory, mode)  # mkdir's mode is cut by the umask
     os.chown(directory, record["qmp"].get("dir_uid", record["uid"]), record["qmp"].get("dir_gid", record["gid"]))
 
 
