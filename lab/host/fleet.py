@@ -176,18 +176,15 @@ class Lab:
                     backing.truncate(PMEM_SIZE_MB << 20)
             subprocess.run(host_argv(image, host), check=True, timeout=60)
         boot = {host.name: round(self.wait_ssh(host), 1) for host in self.hosts()}
-        updated = []
-        for host in self.hosts():
+        hosts = self.hosts()
+        for host in hosts:
             self.copy_in(host, INSIDE_FILES, INSIDE_DIR)
-            pmem_device = self.inside(host, "pmem")
+            self.inside(host, "pmem")
             host.kernel = self.run(host, "uname", "-r").strip()
             host.boot_id = self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip()
             host.vms = self.inside(host, "start", "--host", host.name, "--vms", str(vms),
                                    *[arg for name in shm for arg in ("--shm", name)])
-            for vm in host.vms:
-                vm["observed_at"] = time.time()
-            updated.append(dict(asdict(host), pmem_device=pmem_device))
-        self.state["hosts"] = [{k: v for k, v in entry.items() if k != "pmem_device"} for entry in updated]
+        self.state["hosts"] = [asdict(host) for host in hosts]
         self.state["boot_seconds"] = boot
         self.state["created_seconds"] = round(time.monotonic() - started, 1)
         self.save()
@@ -202,7 +199,6 @@ class Lab:
                 "kernel": self.run(host, "uname", "-r").strip(),
                 "boot_id": self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip(),
                 "guests": self.inside(host, "probe"),
-                "observed_at": time.time(),
             }
         return found
 

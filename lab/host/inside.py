@@ -93,7 +93,6 @@ def wait_booted(name: str, timeout: float = 60) -> Dict[str, Any]:
 
 def probe_one(path: str) -> Dict[str, Any]:
     state = probe_socket(path)
-    state["read_at"] = time.time()  # the host's clock: with the pass counter, it tells how long the guest ran
     state["vm"] = os.path.basename(path)[:-len(".qmp")]
     state["qmp"] = path
     return state
