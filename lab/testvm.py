@@ -134,14 +134,14 @@ class TestVm:
 
 
 def _listening(path: Path) -> bool:
-    probe_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe_socket.connect(str(path))
+        client.connect(str(path))
         return True
     except OSError:
         return False
     finally:
-        probe_socket.close()
+        client.close()
 
 
 @dataclass
