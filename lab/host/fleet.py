@@ -32,12 +32,13 @@ import yaml
 
 from lab.fleet import IndentedDumper
 from lab.host.image import HostImage, ensure_image
+from lab.host.inside import HOME as HOME_INSIDE
+from lab.host.inside import QMP_DIR as QMP_DIR_INSIDE
 from lab.testvm import kill_all, qemu_available
 
 ROOT = Path(__file__).resolve().parents[2]
-INSIDE_DIR = "/var/lib/liveupdate-lab/tools"
+INSIDE_DIR = HOME_INSIDE + "/tools"
 INSIDE_FILES = [ROOT / "lab" / "guest_probe.py", ROOT / "lab" / "host" / "inside.py"]
-QMP_DIR_INSIDE = "/run/liveupdate-lab/qmp"
 PMEM_SIZE_MB = 256
 BOOT_TIMEOUT = 300
 STEP_TIMEOUT = 120

@@ -10,8 +10,9 @@ LAB = os.environ.get("LIVEUPDATE_HOST_LAB", "/tmp/liveupdate-molecule-kexec")
 sys.path.insert(0, os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."))
 
 from lab.host.evidence import blackout_split, guest_verdict, stall_agreement  # noqa: E402
+from lab.host.fleet import INSIDE_DIR  # noqa: E402
 
-INSIDE = "/var/lib/liveupdate-lab/tools/inside.py"
+INSIDE = INSIDE_DIR + "/inside.py"
 
 
 def lab_host(host):
