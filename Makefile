@@ -48,7 +48,7 @@ pytest: setup
 molecule: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default
 
-# The virtual hypervisor lab's scenario: a real kexec into a newer kernel (about 35 minutes of CI's 90).
+# The virtual hypervisor lab's scenario: a real kexec into a newer kernel (about 11 minutes here).
 molecule-kexec: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name kexec
 
