@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel
 
 
@@ -22,3 +24,30 @@ def test_kexec_cmdline_drops_boot_image_and_applies_overrides_before_init_args()
     current = "BOOT_IMAGE=/vmlinuz-6.1 root=/dev/vda rw quiet memmap=256M!1G -- single"
     line = kernel.kexec_cmdline(current, {"quiet": None, "mitigations": "off", "nokaslr": ""})
     assert line == "root=/dev/vda rw memmap=256M!1G mitigations=off nokaslr -- single"
+
+
+def _facts_on(monkeypatch, running, installed, offered):
+    """kernel_facts on a host that runs `running`, has `installed` and whose package manager offers `offered`."""
+    monkeypatch.setattr(kernel.os, "uname", lambda: type("uname", (), {"release": running})())
+    monkeypatch.setattr(kernel, "family", lambda: "debian")
+    monkeypatch.setattr(kernel, "installed_kernels", lambda: sorted(installed, key=kernel.version_key))
+    monkeypatch.setattr(kernel, "_run", lambda argv: "\n".join("linux-image-" + v for v in offered))
+    return kernel.kernel_facts(kernel.KernelOptions())
+
+
+@pytest.mark.parametrize(("running", "installed", "offered", "target"), [
+    # Debian: an -rt and a -cloud kernel of the same or a newer version sit beside the running -amd64 one
+    ("6.1.0-28-amd64", ["6.1.0-28-amd64", "6.12.38+deb12-rt-amd64", "6.12.38+deb12-cloud-amd64"],
+     ["6.1.0-28-amd64", "6.12.38+deb12-rt-amd64"], "6.1.0-28-amd64"),
+    ("6.1.0-28-amd64", ["6.1.0-28-amd64", "6.12.38+deb12-cloud-amd64"], ["6.12.30+deb12-amd64"], "6.12.30+deb12-amd64"),
+    ("6.1.0-28-cloud-amd64", ["6.1.0-28-cloud-amd64", "6.12.38+deb12-amd64"], [], "6.1.0-28-cloud-amd64"),
+    # Ubuntu: -generic and -lowlatency
+    ("5.15.0-91-generic", ["5.15.0-91-generic", "5.15.0-100-lowlatency"], ["5.15.0-97-generic", "5.15.0-100-lowlatency"],
+     "5.15.0-97-generic"),
+    ("5.15.0-91-lowlatency", ["5.15.0-91-lowlatency", "5.15.0-100-generic"], [], "5.15.0-91-lowlatency"),
+])
+def test_target_kernel_keeps_the_running_flavour(monkeypatch, running, installed, offered, target):
+    facts = _facts_on(monkeypatch, running, installed, offered)
+    assert facts["target"] == target
+    assert kernel.flavour_of(facts["target"]) == kernel.flavour_of(running)
+    assert facts["needed"] == (target != running)
