@@ -49,6 +49,11 @@ def installed_kernels() -> List[str]:
     return sorted((v for v in found if not v.endswith(".old") and "rescue" not in v), key=version_key)
 
 
+def of_flavour(versions: List[str], flavour: str) -> List[str]:
+    """Only kernels of the running flavour are targets: a -rt or -cloud kernel beside -amd64 is another product."""
+    return [v for v in versions if flavour_of(v) == flavour]
+
+
 def _run(argv: List[str]) -> str:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -62,7 +67,7 @@ def available_kernels(os_family: str, flavour: str) -> List[str]:
     if os_family == "debian":
         names = _run(["apt-cache", "search", "--names-only", "^linux-image-[0-9]"]).split()
         versions = [n[len("linux-image-"):] for n in names if n.startswith("linux-image-") and not n.endswith(DEBIAN_SKIP)]
-        return sorted((v for v in versions if flavour_of(v) == flavour), key=version_key)
+        return sorted(of_flavour(versions, flavour), key=version_key)
     if os_family == "redhat":
         tool = shutil.which("dnf") or "dnf"
         lines = _run([tool, "-q", "repoquery", "--qf", "%{version}-%{release}.%{arch}", "kernel-core"]).split()
@@ -121,7 +126,7 @@ def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
     flavour = flavour_of(running)
     installed = installed_kernels()
     available = available_kernels(os_family, flavour)
-    candidates = sorted(set(installed) | set(available), key=version_key)
+    candidates = sorted(set(of_flavour(installed, flavour)) | set(available), key=version_key)
     newest = candidates[-1] if candidates else running
     target = opts.version or newest
     cmdline = _read_text("/proc/cmdline")
