@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_playbook
+from conftest import BIN, ROOT, run_playbook
 from helpers import qemu_pids
 
 from lab import fleet
@@ -35,6 +37,36 @@ def small_fleet(disk):
 def rollout(lab: Path, **extra):
     return run_playbook(PLAYBOOK, dict({"liveupdate_report_dir": str(lab / "reports")}, **extra),
                         inventory=lab / "inventory.yml")
+
+
+def held_rollout(lab: Path, fifo: Path, **extra) -> subprocess.Popen:
+    """A rollout whose QEMU update waits on fifo: it holds its hosts' locks, in its stage, until the fifo is written."""
+    os.mkfifo(fifo)
+    extra_vars = dict({"liveupdate_report_dir": str(lab / "reports"),
+                       "liveupdate_qemu_update_command": ["timeout", "120", "cat", str(fifo)]}, **extra)
+    return subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(lab / "inventory.yml"), str(PLAYBOOK),
+                             "-e", json.dumps(extra_vars)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
+
+
+def wait_for_lock(lock: Path, phase: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            held = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            held = {}
+        if held.get("phase") == phase:
+            return held
+        time.sleep(0.2)
+    raise AssertionError("no lock in phase %s at %s within %d s" % (phase, lock, timeout))
+
+
+def release(fifo: Path, process: subprocess.Popen) -> str:
+    with open(fifo, "w"):
+        pass  # the writer's close gives every reader EOF
+    output, _ = process.communicate(timeout=300)
+    return output
 
 
 def disk_image() -> Path:
@@ -111,3 +143,75 @@ def test_stale_lock_is_explained_and_broken_only_when_named(small_fleet):
     assert not (state_dir / "rollout.lock").exists()
     for machine in layout["vms"]:
         assert probe(vm_of(lab, machine)).nonce == machine["nonce"]
+
+
+def test_a_second_rollout_of_the_same_run_id_is_refused_while_the_first_holds_the_host(tmp_path):
+    """Two invocations started in the same second once shared a run id, and with it the lock."""
+    lab = Path(tempfile.mkdtemp(prefix="lu-fl-", dir="/tmp"))
+    try:
+        layout = fleet.create(lab, hosts=1, vms=1)
+        same_second = {"liveupdate_run_id": "20261201T213157Z"}
+        first = held_rollout(lab, tmp_path / "hold", **same_second)
+        try:
+            held = wait_for_lock(lab / "hv1" / "state" / "rollout.lock", "stage")
+            pids_before = qemu_pids(lab)
+            second = subprocess.Popen([str(BIN / "ansible-playbook"), "-i", str(lab / "inventory.yml"), str(PLAYBOOK),
+                                       "-e", json.dumps(dict(same_second, liveupdate_report_dir=str(lab / "reports")))],
+                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
+            try:
+                second_output, _ = second.communicate(timeout=180)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                second_output = "(still running: it did not stop at the lock)\n" + second.communicate()[0]
+            assert second.returncode not in (0, None), second_output[-3000:]
+            assert "another rollout holds this host: run %s" % held["run_id"] in second_output, second_output[-3000:]
+            assert "last phase 'stage'" in second_output
+            assert qemu_pids(lab) == pids_before, "the second run paused or restarted nothing"
+        finally:
+            first_output = release(tmp_path / "hold", first)
+        assert first.returncode == 0, first_output[-3000:]
+        assert not (lab / "hv1" / "state" / "rollout.lock").exists()
+        state = probe(vm_of(lab, layout["vms"][0]))
+        assert state.status == "running" and state.nonce == layout["vms"][0]["nonce"]
+    finally:
+        fleet.destroy(lab)
+
+
+def test_run_ids_are_unique_and_readable(small_fleet):
+    lab, _ = small_fleet
+    ids = set()
+    for _ in range(2):
+        run = rollout(lab, liveupdate_hosts="hv1")
+        assert run.rc == 0, run.stdout[-3000:]
+        ids.add(json.loads((lab / "reports" / "latest.json").read_text())["run"]["run_id"])
+    assert len(ids) == 2, ids
+    assert all(run_id.startswith(time.strftime("%Y%m%dT", time.gmtime())) for run_id in ids), ids
+
+
+def test_a_host_that_fails_its_batch_preflight_releases_its_lock_and_a_plain_rerun_finishes(small_fleet, tmp_path):
+    lab, layout = small_fleet
+    first = held_rollout(lab, tmp_path / "hold")
+    try:
+        wait_for_lock(lab / "hv1" / "state" / "rollout.lock", "stage")
+        # while batch 1 runs, a VM that cpr-reboot cannot save appears on hv2
+        blocker = TestVm("hv2-blocked", lab / "hv2" / "qmp", disk_image(),
+                         binary=str(lab / "hv2" / "bin" / "qemu-system-x86_64"),
+                         extra=["-object", "memory-backend-file,id=peer,size=1M,mem-path=%s,share=on" % (lab / "peer"),
+                                "-device", "ivshmem-plain,memdev=peer"]).start()
+        blocker.wait_booted()
+    finally:
+        output = release(tmp_path / "hold", first)
+    assert first.returncode != 0, output[-3000:]
+    assert "ivshmem" in output
+    assert not (lab / "hv2" / "state" / "rollout.lock").exists(), "hv2's failed preflight left its lock"
+    assert not (lab / "hv1" / "state" / "rollout.lock").exists()
+
+    os.kill(qemu_pids(lab)["hv2-blocked"], 9)
+    time.sleep(0.5)
+    (lab / "hv2" / "qmp" / "hv2-blocked.qmp").unlink(missing_ok=True)
+    rerun = rollout(lab)
+    assert rerun.rc == 0, rerun.stdout[-4000:]
+    for machine in layout["vms"]:
+        state = probe(vm_of(lab, machine))
+        assert state.status == "running" and state.nonce == machine["nonce"]
