@@ -215,3 +215,34 @@ def test_a_host_that_fails_its_batch_preflight_releases_its_lock_and_a_plain_rer
     for machine in layout["vms"]:
         state = probe(vm_of(lab, machine))
         assert state.status == "running" and state.nonce == machine["nonce"]
+
+
+@pytest.fixture
+def three_hosts(disk):
+    lab = Path(tempfile.mkdtemp(prefix="lu-fl-", dir="/tmp"))
+    try:
+        yield lab, fleet.create(lab, hosts=3, vms=1)
+    finally:
+        fleet.destroy(lab)
+
+
+def printed_plan(run) -> list:
+    return next(entry["result"]["msg"] for entry in run.entries if entry["task"] == "Show the plan")
+
+
+def test_the_printed_plan_follows_the_rollout_order_and_shuffle_is_refused(three_hosts):
+    lab, _ = three_hosts
+    for order, first in [("reverse_inventory", "hv3"), ("sorted", "hv1"), ("reverse_sorted", "hv3")]:
+        plan = rollout_check(lab, liveupdate_order=order, liveupdate_batch=[1, 2])
+        assert [line.split()[:3] for line in plan] == [
+            ["batch", "1", first], ["batch", "2", "hv2"], ["batch", "2", "hv1" if first == "hv3" else "hv3"]], plan
+
+    refused = run_playbook(PLAYBOOK, {"liveupdate_order": "shuffle"}, check=True, inventory=lab / "inventory.yml")
+    assert refused.rc != 0
+    assert "shuffle" in refused.stdout and "unseeded" in refused.stdout
+
+
+def rollout_check(lab: Path, **extra) -> list:
+    run = run_playbook(PLAYBOOK, extra, check=True, inventory=lab / "inventory.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    return printed_plan(run)
