@@ -232,6 +232,8 @@ def printed_plan(run) -> list:
 
 def test_the_printed_plan_follows_the_rollout_order_and_shuffle_is_refused(three_hosts):
     lab, _ = three_hosts
+    prepared = run_playbook(ROOT / "playbooks" / "prepare-hosts.yml", inventory=lab / "inventory.yml")
+    assert prepared.rc == 0, prepared.stdout[-3000:]
     for order, first in [("reverse_inventory", "hv3"), ("sorted", "hv1"), ("reverse_sorted", "hv3")]:
         plan = rollout_check(lab, liveupdate_order=order, liveupdate_batch=[1, 2])
         assert [line.split()[:3] for line in plan] == [
