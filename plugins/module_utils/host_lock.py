@@ -2,9 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """One rollout at a time per host: a lock file in the state dir.
 
-The lock names its run and is refreshed at every phase. A lock whose
-heartbeat is older than ``stale_after`` belongs to a run that died; it is
-explained to the operator, and broken only when the operator names its run.
+The lock names its run, and the nonce of the one ansible-playbook invocation
+that holds it: two invocations given the same run id still exclude each other.
+It is refreshed at every phase. A lock whose heartbeat is older than
+``stale_after`` belongs to a run that died; it is explained to the operator,
+and broken only when the operator names its run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class LockOptions:
     state_dir: str = jr.DEFAULT_STATE_DIR
     state: str = "present"
     run_id: str = ""
+    nonce: str = ""
     owner: Optional[Dict[str, Any]] = None
     phase: str = ""
     stale_after: int = 7200
@@ -75,6 +78,11 @@ def describe(lock: Dict[str, Any], now: float) -> str:
         lock.get("started_iso", "?"), lock.get("phase", ""), int(now - float(lock.get("heartbeat", 0))))
 
 
+def held_by_us(lock: Optional[Dict[str, Any]], opts: LockOptions) -> bool:
+    """Ours only when both the run id and this invocation's nonce match."""
+    return lock is not None and lock.get("run_id") == opts.run_id and lock.get("nonce", "") == opts.nonce
+
+
 def manage(opts: LockOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     path = os.path.join(journal.state_dir, LOCK_NAME)
@@ -82,12 +90,12 @@ def manage(opts: LockOptions) -> Dict[str, Any]:
     held = _read(path)
     result: Dict[str, Any] = {"changed": False, "path": path, "held_by": held, "host": socket.gethostname()}
     if opts.state == "absent":
-        ours = held is not None and held.get("run_id") in (opts.run_id, opts.break_run_id)
+        ours = held_by_us(held, opts) or (held is not None and held.get("run_id") == opts.break_run_id)
         if ours and not opts.check_mode:
             os.unlink(path)
         result["released"] = ours
         return result
-    if held is not None and held.get("run_id") != opts.run_id:
+    if held is not None and not held_by_us(held, opts):
         stale = now - float(held.get("heartbeat", 0)) > opts.stale_after
         if stale and opts.break_run_id == held.get("run_id"):
             if not opts.check_mode:
@@ -106,7 +114,7 @@ def manage(opts: LockOptions) -> Dict[str, Any]:
         result["acquired"] = False
         return result
     journal.ensure()
-    content = dict(held or {}, run_id=opts.run_id, owner=opts.owner or {}, phase=opts.phase, heartbeat=now)
+    content = dict(held or {}, run_id=opts.run_id, nonce=opts.nonce, owner=opts.owner or {}, phase=opts.phase, heartbeat=now)
     if held is None:
         content.update(started=now, started_iso=jr.iso(now))
         if not _write_new(path, content):

@@ -16,7 +16,7 @@ import socket
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, ram_verdict, readiness
@@ -236,6 +236,17 @@ def finish_interrupted(record: Dict[str, Any], journal: jr.Journal) -> Optional[
     return None
 
 
+def check_running(running: Mapping[str, Any], records: Mapping[str, Dict[str, Any]], journal: jr.Journal) -> None:
+    """Running VMs whose unrestored saves the journal holds, or whose names cannot name a state file, are refused."""
+    conflicts = [name for name in running if records.get(name, {}).get("phase") in jr.AWAITING_RESTORE]
+    if conflicts:
+        raise NotReadyError("%s run, but the journal holds their unrestored saves." % ", ".join(conflicts), vm=conflicts[0],
+                            fix="restore them with vm_restore; if they were cold-booted on purpose, move their .json and "
+                                ".state files out of %s first." % journal.state_dir)
+    for name in running:
+        check_name(name)
+
+
 def save_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
@@ -250,13 +261,7 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
             finished = record if opts.check_mode else finish_interrupted(record, journal) or record
             if opts.qmp_dir is None or opts.vms or _under_dir(record, opts.qmp_dir):
                 results.append(public_view(finished, "already_saved"))
-    conflicts = [name for name in running if records.get(name, {}).get("phase") in jr.AWAITING_RESTORE]
-    if conflicts:
-        raise NotReadyError("%s run, but the journal holds their unrestored saves." % ", ".join(conflicts), vm=conflicts[0],
-                            fix="restore them with vm_restore; if they were cold-booted on purpose, move their .json and "
-                                ".state files out of %s first." % journal.state_dir)
-    for name in running:
-        check_name(name)
+    check_running(running, records, journal)
     ready = assess_all(list(running.values()), opts)
     preflight(ready, journal, opts.check_mode)
     if opts.check_mode:

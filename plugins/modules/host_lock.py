@@ -11,7 +11,9 @@ version_added: 0.1.0
 description:
   - One rollout at a time per hypervisor. The lock is C(STATE_DIR/rollout.lock) (mode 0600) and names its run,
     owner and current phase; every phase refreshes its heartbeat.
-  - A lock held by another run is refused. When its heartbeat is older than O(stale_after), the run is taken to be
+  - The lock also holds O(nonce), which is unique to one C(ansible-playbook) invocation, so two invocations given the
+    same O(run_id) still exclude each other, and one never releases the other's lock.
+  - A lock held by another run or invocation is refused. When its heartbeat is older than O(stale_after), the run is taken to be
     dead; the lock is explained (run, controller, user, start, last phase) and is broken only when O(break_run_id)
     names that run.
   - Taking and releasing the lock reports no change, so a rerun that changes nothing stays idempotent.
@@ -31,6 +33,11 @@ options:
     description: Identifier of this rollout run.
     type: str
     required: true
+  nonce:
+    description: A value unique to this invocation of the rollout. The lock is this call's only when both O(run_id) and
+      O(nonce) match.
+    type: str
+    default: ""
   owner:
     description: Who runs the rollout (controller, user, playbook), for the explanation others get.
     type: dict
@@ -76,7 +83,7 @@ acquired:
   type: bool
   returned: when state is present
 held_by:
-  description: The lock's content - run_id, owner, phase, heartbeat, started.
+  description: The lock's content - run_id, nonce, owner, phase, heartbeat, started.
   type: dict
   returned: always
 released:
@@ -97,6 +104,7 @@ def main() -> None:
             "state_dir": {"type": "path", "default": "/var/lib/liveupdate-cpr"},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "run_id": {"type": "str", "required": True},
+            "nonce": {"type": "str", "default": ""},
             "owner": {"type": "dict", "default": {}},
             "phase": {"type": "str", "default": ""},
             "stale_after": {"type": "int", "default": 7200},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel
@@ -28,7 +30,7 @@ def test_kexec_cmdline_drops_boot_image_and_applies_overrides_before_init_args()
 
 def _facts_on(monkeypatch, running, installed, offered):
     """kernel_facts on a host that runs `running`, has `installed` and whose package manager offers `offered`."""
-    monkeypatch.setattr(kernel.os, "uname", lambda: type("uname", (), {"release": running})())
+    monkeypatch.setattr(kernel.os, "uname", lambda: SimpleNamespace(release=running))
     monkeypatch.setattr(kernel, "family", lambda: "debian")
     monkeypatch.setattr(kernel, "installed_kernels", lambda: sorted(installed, key=kernel.version_key))
     monkeypatch.setattr(kernel, "_run", lambda argv: "\n".join("linux-image-" + v for v in offered))

@@ -1,0 +1,175 @@
+# Copyright: liveupdate.cpr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What one host does in a rollout, decided in one place: its action, the reboot it really gets, its plan row.
+
+``decide`` holds the rules and nothing else: a pure function of the host's situation, tested against a
+hand-written truth table (tests/unit/plugins/module_utils/host_plan_table.yml). ``plan_host`` gathers the
+situation (kernel facts, the VMs, the journal), decides, and refuses before anything is paused when the
+decision cannot be carried out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel as kn
+from ansible_collections.liveupdate.cpr.plugins.module_utils import save as sv
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.host_info import info_of
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+
+# cycle: stage, save, reboot, restore. finish_cycle: an earlier run saved the VMs in this boot and stopped
+# before its reboot, so stage, reboot and restore. restore: VMs saved before this boot wait for vm_restore.
+ACTIONS = ("cycle", "finish_cycle", "restore", "relaunch", "none")
+# What the journal holds of VMs that are down: nothing, only finished records, saves from this boot, from an
+# earlier boot, or both.
+JOURNAL_STATES = ("empty", "done", "this_boot", "earlier_boot", "mixed")
+REBOOTING = ("cycle", "finish_cycle")
+SAVING = REBOOTING + ("relaunch",)
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything the rules look at."""
+
+    journal: str = "empty"
+    reboot_method: str = "kexec"
+    force: bool = False
+    update_kernel: bool = True
+    kernel_needed: bool = False
+    update_qemu: bool = False
+    outdated: bool = False
+    kexec_usable: bool = True
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    # kexec, reboot (firmware), none, or refused: kexec is wanted, unusable, and no fallback is allowed
+    reboot: str
+
+
+def journal_state(records: Sequence[Mapping[str, Any]], boot_id: str) -> str:
+    awaiting = [r for r in records if r.get("phase") in jr.AWAITING_RESTORE]
+    if not awaiting:
+        return "done" if records else "empty"
+    boots = {r.get("boot_id") == boot_id for r in awaiting}
+    return "mixed" if len(boots) == 2 else ("this_boot" if boots == {True} else "earlier_boot")
+
+
+def reboot_for(situation: Situation) -> str:
+    """The reboot a rebooting action really gets."""
+    if situation.reboot_method in ("reboot", "none"):
+        return situation.reboot_method
+    if situation.kexec_usable:
+        return "kexec"
+    return "reboot" if situation.fallback else "refused"
+
+
+def decide(situation: Situation) -> Decision:
+    """The host's action: resume what an earlier run left first, then what the update needs."""
+    if situation.journal == "this_boot" and situation.reboot_method != "none":
+        return Decision("finish_cycle", reboot_for(situation))
+    if situation.journal in ("this_boot", "earlier_boot", "mixed"):
+        return Decision("restore", "none")
+    if situation.force:
+        if situation.reboot_method == "none":
+            return Decision("relaunch", "none")
+        return Decision("cycle", reboot_for(situation))
+    if situation.reboot_method != "none" and situation.update_kernel and situation.kernel_needed:
+        return Decision("cycle", reboot_for(situation))
+    if situation.update_qemu or situation.outdated:
+        return Decision("relaunch", "none")
+    return Decision("none", "none")
+
+
+@dataclass
+class PlanOptions:
+    qmp_dir: Optional[str] = None
+    vms: Sequence[str] = ()
+    state_dir: str = jr.DEFAULT_STATE_DIR
+    timeout: float = 600.0
+    reboot_method: str = "kexec"
+    ram_policy: str = "fail"
+    ram_policy_per_vm: Dict[str, str] = field(default_factory=dict)
+    persistent_paths: Sequence[str] = ()
+    kernel_version: str = ""
+    update_kernel: bool = True
+    update_qemu: bool = False
+    force: bool = False
+    kexec_fallback_to_reboot: bool = False
+    check_mode: bool = False
+
+    def save_options(self, reboot_method: str) -> sv.SaveOptions:
+        return sv.SaveOptions(qmp_dir=self.qmp_dir, vms=self.vms, state_dir=self.state_dir, reboot_method=reboot_method,
+                              ram_policy=self.ram_policy, ram_policy_per_vm=self.ram_policy_per_vm,
+                              persistent_paths=self.persistent_paths, timeout=self.timeout, check_mode=True)
+
+
+def vm_reboot_method(decision: Decision, requested: str) -> str:
+    """The reboot each VM's RAM must survive: none for a relaunch, kexec when a refused kexec is judged anyway."""
+    if decision.action not in REBOOTING:
+        return "none"
+    return requested if decision.reboot == "refused" else decision.reboot
+
+
+def refusals(decision: Decision, kernel: Mapping[str, Any], opts: PlanOptions) -> List[str]:
+    """Why the decision cannot be carried out on this host; nothing has been paused yet."""
+    problems = []
+    offered = list(kernel["installed"]) + list(kernel["available"])
+    if decision.action == "cycle" and opts.update_kernel and kernel["target"] not in offered:
+        problems.append(
+            "kernel %s is neither installed nor offered by the package manager (it offers %s for flavour %s). Fix "
+            "liveupdate_kernel_version or the host's repositories" % (
+                kernel["target"], ", ".join(kernel["available"]) or "nothing newer", kernel["flavour"] or "default"))
+    if decision.reboot == "refused":
+        problems.append(
+            "kexec cannot be used (%s). Install kexec-tools, or allow liveupdate_kexec_fallback_to_reboot=true when "
+            "every VM's RAM survives a firmware reboot" % "; ".join(kernel["kexec"]["reasons"]))
+    return problems
+
+
+def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, Any]) -> Dict[str, Any]:
+    target = " -> %s" % kernel["target"] if decision.action in REBOOTING and kernel["target"] != kernel["running"] else ""
+    vms = [{"vm": vm["name"], "mode": (vm.get("ram") or {}).get("mode"), "policy": (vm.get("ram") or {}).get("policy"),
+            "blockers": vm["blockers"], "outdated": vm["outdated"]} for vm in info["vms"]]
+    waiting = "  awaiting restore: %s" % ",".join(info["awaiting_restore"]) if info["awaiting_restore"] else ""
+    line = "%s  reboot %s  kernel %s%s  VMs %s%s" % (
+        decision.action, decision.reboot, kernel["running"], target,
+        " ".join("%s:%s" % (vm["vm"], vm["mode"]) for vm in vms) or "-", waiting)
+    return {"action": decision.action, "reboot_method": decision.reboot,
+            "kernel": "%s%s" % (kernel["running"], target), "vms": vms,
+            "awaiting_restore": info["awaiting_restore"], "line": line}
+
+
+def plan_host(opts: PlanOptions) -> Dict[str, Any]:
+    kernel = kn.kernel_facts(kn.KernelOptions(version=opts.kernel_version))
+    journal = jr.Journal(opts.state_dir)
+    records = {r["vm"]: r for r in journal.records()}
+    scope = select(opts.qmp_dir, opts.vms, records)
+    mine = [r for name, r in records.items() if not opts.vms or name in opts.vms]
+    situation = Situation(
+        journal=journal_state(mine, kernel["boot_id"]), reboot_method=opts.reboot_method, force=opts.force,
+        update_kernel=opts.update_kernel, kernel_needed=kernel["needed"], update_qemu=opts.update_qemu,
+        kexec_usable=kernel["kexec"]["usable"], fallback=opts.kexec_fallback_to_reboot)
+    # Each VM is assessed once; outdated does not depend on the reboot, the RAM verdict does.
+    guess = vm_reboot_method(decide(replace(situation, outdated=False)), opts.reboot_method)
+    assessed = sv.assess_all(scope.running, opts.save_options(guess), check_outdated=True)
+    decision = decide(replace(situation, outdated=any(r.outdated for r in assessed)))
+    method = vm_reboot_method(decision, opts.reboot_method)
+    if method != guess:
+        assessed = sv.assess_all(scope.running, opts.save_options(method), check_outdated=True)
+    info = info_of(assessed, records, scope, opts.vms)
+    problems = refusals(decision, kernel, opts)
+    if problems:
+        raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems), action=decision.action)
+    if decision.action in SAVING:
+        # vm_save's own checks, in check mode: the save itself will find nothing new to refuse
+        sv.check_state_dir(journal, True)
+        sv.check_running(scope.by_name(), records, journal)
+        sv.preflight(assessed, journal, True)
+    return dict(info, changed=False, action=decision.action, reboot_method=decision.reboot, vm_reboot_method=method,
+                kernel=kernel, plan=plan_row(decision, kernel, info), situation=asdict(situation))
