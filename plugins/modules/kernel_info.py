@@ -124,7 +124,7 @@ kexec:
   contains:
     usable: {description: Whether kexec can be used now., type: bool, returned: always}
     binary: {description: Path of the kexec binary; null when kexec-tools is missing., type: str, returned: always}
-    loaded: {description: Whether a kernel is loaded for kexec already (C(/sys/kernel/kexec_loaded))., type: bool, returned: always}
+    loaded: {description: Whether a kernel is loaded for kexec (C(/sys/kernel/kexec_loaded))., type: bool, returned: always}
     reasons: {description: Why kexec cannot be used; empty when it can., type: list, elements: str, returned: always}
 systemd:
   description: Whether systemd is PID 1.
