@@ -40,7 +40,11 @@ def _cycle(ready: Readiness, journal: jr.Journal, opts: RelaunchOptions) -> Dict
 
 
 def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
-    opts.reboot_method = "none"
+    if opts.reboot_method != "none":
+        # the RAM verdict of another method would judge a reboot this module never makes
+        raise CprError("vm_relaunch only restarts QEMU, so reboot_method=%s does not apply." % opts.reboot_method,
+                       fix="leave reboot_method out (or set it to none); to reboot into a new kernel, use vm_save, "
+                           "the reboot and vm_restore, as the liveupdate.cpr.liveupdate role does.")
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
