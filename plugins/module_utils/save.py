@@ -29,6 +29,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     QmpError,
     SaveError,
 )
+from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import is_under
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
@@ -248,7 +249,7 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
             continue
         if record.get("phase") in jr.AWAITING_RESTORE or record.get("phase") == jr.SAVING:
             finished = record if opts.check_mode else finish_interrupted(record, journal) or record
-            if opts.qmp_dir is None or opts.vms or _under_dir(record, opts.qmp_dir):
+            if opts.qmp_dir is None or opts.vms or is_under(str(record.get("qmp", {}).get("path", "")), opts.qmp_dir):
                 results.append(public_view(finished, "already_saved"))
     conflicts = [name for name in running if records.get(name, {}).get("phase") in jr.AWAITING_RESTORE]
     if conflicts:
@@ -271,8 +272,3 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
             vm=failures[0]["vm"], fix="see each VM's error; do not reboot this host until every VM is saved.",
             failures=failures, vms=results, changed=changed)
     return {"changed": changed, "vms": results, "warnings": scope.warnings}
-
-
-def _under_dir(record: Dict[str, Any], qmp_dir: str) -> bool:
-    path = os.path.realpath(str(record.get("qmp", {}).get("path", "")))
-    return path.startswith(os.path.realpath(qmp_dir).rstrip("/") + "/")
