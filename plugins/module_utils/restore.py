@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.save import _migration_result, public_view, set_cpr_mode, wait_gone
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view, wait_gone
 
 RUN_STATES_AFTER_LOAD = ("running", "paused")
 
@@ -84,9 +84,8 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
     try:
         started = launch(record, argv, journal.log_path(record["vm"]))
         with QmpSession(record["qmp"]["path"], record["vm"]) as session:
-            set_cpr_mode(session, record["x_ignore_shared"])
-            session.execute("migrate-incoming", {"uri": "file:" + record["state_file"], "exit-on-error": False})
-            info = _migration_result(session, timeout)
+            migration.set_cpr_mode(session, record["x_ignore_shared"])
+            info = migration.load_from(session, record["state_file"], timeout)
             if info.get("status") != "completed":
                 raise RestoreError("QEMU could not load the saved state: %s" % info.get("error-desc", info.get("status")),
                                    vm=record["vm"], qemu_message=info.get("error-desc"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, ram_verdict, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, process_exists
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
@@ -37,7 +37,6 @@ PARTIAL_SUFFIX = ".partial"
 # Device state is about 300 KB; leave room for it and for the journal.
 DEVICE_STATE_ALLOWANCE = 8 << 20
 FREE_SPACE_MARGIN = 64 << 20
-MIGRATION_DONE = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -142,14 +141,6 @@ def public_view(record: Dict[str, Any], action: str) -> Dict[str, Any]:
     return view
 
 
-def _migration_result(session: QmpSession, timeout: float) -> Dict[str, Any]:
-    def finished(s: QmpSession) -> Optional[Dict[str, Any]]:
-        info: Dict[str, Any] = s.execute("query-migrate")
-        return info if info.get("status") in MIGRATION_DONE else None
-    result: Dict[str, Any] = session.wait_for(finished, timeout, what="the migration to finish")
-    return result
-
-
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while process_exists(pid):
@@ -159,21 +150,13 @@ def wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def set_cpr_mode(session: QmpSession, x_ignore_shared: bool) -> None:
-    session.execute("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "x-ignore-shared", "state": x_ignore_shared}]})
-    session.execute("migrate-set-parameters", {"mode": "cpr-reboot"})
-
-
 def _resume_after_failure(session: QmpSession, record: Dict[str, Any]) -> str:
     """Leave the VM as it was before the save: running if it ran, in normal mode."""
     status = readiness.run_status(session)
     if record["run_state_at_save"] == "running" and status != "running":
         session.execute("cont")
         status = readiness.run_status(session)
-    session.execute("migrate-set-parameters", {"mode": "normal"})
-    session.execute("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+    migration.set_normal_mode(session)
     return status
 
 
@@ -191,10 +174,9 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
     state_file = record["state_file"]
     with QmpSession(record["qmp"]["path"], vm.name) as session:
         try:
-            set_cpr_mode(session, record["x_ignore_shared"])
+            migration.set_cpr_mode(session, record["x_ignore_shared"])
             started = jr.now()
-            session.execute("migrate", {"uri": "file:" + state_file})
-            info = _migration_result(session, timeout)
+            info = migration.save_to(session, state_file, timeout)
             if info.get("status") != "completed":
                 raise SaveError("QEMU's migration ended %s: %s" % (info.get("status"), info.get("error-desc", "no reason given")),
                                 vm=vm.name)
