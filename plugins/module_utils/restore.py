@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus, wait_gone
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view, wait_gone
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view
 
 RUN_STATES_AFTER_LOAD = ("running", "paused")
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, process_exists
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, wait_gone
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     CprError,
     JournalError,
@@ -139,15 +138,6 @@ def public_view(record: Dict[str, Any], action: str) -> Dict[str, Any]:
     view["argv"] = qemu_argv.redact(record.get("launch_argv", []))
     view["action"] = action
     return view
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while process_exists(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _resume_after_failure(session: QmpSession, record: Dict[str, Any]) -> str:
