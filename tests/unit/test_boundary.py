@@ -1,0 +1,80 @@
+"""The module boundary: every module param reaches the engine's options, or the module fails loudly."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import pytest
+
+from ansible_collections.liveupdate.cpr.plugins import modules
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
+
+MODULES = sorted(info.name for info in pkgutil.iter_modules(modules.__path__))
+
+
+class Failed(Exception):
+    pass
+
+
+class FakeModule:
+    """The part of AnsibleModule that boundary.run uses."""
+
+    def __init__(self, params: Dict[str, Any]) -> None:
+        self.params = params
+        self.check_mode = False
+        self.no_log_values: set = set()
+        self.exited: Dict[str, Any] = {}
+
+    def fail_json(self, **result: Any) -> None:
+        raise Failed(result["msg"])
+
+    def exit_json(self, **result: Any) -> None:
+        self.exited = result
+
+    def warn(self, _warning: str) -> None:
+        pass
+
+
+@dataclass
+class TwoOptions:
+    first: str = ""
+    second: int = 0
+    check_mode: bool = False
+
+
+def test_params_reach_the_engine():
+    module = FakeModule({"first": "a", "second": 2})
+    boundary.run(module, lambda opts: {"changed": False, "got": dataclasses.asdict(opts)}, TwoOptions, needs_qmp=False)
+    assert module.exited["got"] == {"first": "a", "second": 2, "check_mode": False}
+
+
+def test_a_param_the_options_do_not_name_is_a_bug_not_silently_dropped():
+    module = FakeModule({"first": "a", "third": "lost"})
+    with pytest.raises(Failed, match="third") as failed:
+        boundary.run(module, lambda _opts: pytest.fail("the engine ran without the param"), TwoOptions, needs_qmp=False)
+    assert "TwoOptions" in str(failed.value)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_option_of_every_module_is_a_field_of_its_options(name, monkeypatch):
+    module = importlib.import_module("%s.%s" % (modules.__name__, name))
+    seen: Dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, argument_spec: Dict[str, Any], **_kwargs: Any) -> None:
+            seen["spec"] = argument_spec
+
+    def run(_module: Any, _engine: Any, options: Any, **_kwargs: Any) -> None:
+        seen["options"] = options
+
+    monkeypatch.setattr(module, "AnsibleModule", Recorder)
+    monkeypatch.setattr(boundary, "run", run)
+    module.main()
+
+    fields = {field.name for field in dataclasses.fields(seen["options"])}
+    assert set(seen["spec"]) <= fields, "%s: %s has no field for %s" % (
+        name, seen["options"].__name__, ", ".join(sorted(set(seen["spec"]) - fields)))
