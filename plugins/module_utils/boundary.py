@@ -26,10 +26,14 @@ def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], opti
     if bad:
         module.fail_json(msg="ram_policy_per_vm: %s; each policy must be one of %s." % (
             ", ".join("%s=%s" % item for item in sorted(bad.items())), ", ".join(RAM_POLICIES)))
+    names = {f.name for f in dataclasses.fields(options)}  # type: ignore[arg-type]
+    unknown = sorted(set(module.params) - names)
+    if unknown:
+        # a programming error: the operator's value would be ignored without a word
+        module.fail_json(msg="module bug: %s has no field for the option(s) %s; the engine would ignore them." % (
+            options.__name__, ", ".join(unknown)))
     try:
-        names = {f.name for f in dataclasses.fields(options)}  # type: ignore[arg-type]
-        chosen = {key: value for key, value in module.params.items() if key in names}
-        result = engine(options(check_mode=module.check_mode, **chosen))  # type: ignore[call-arg]
+        result = engine(options(check_mode=module.check_mode, **module.params))  # type: ignore[call-arg]
     except CprError as exc:
         _hide_secrets(module)
         details = exc.as_dict()
