@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Type, TypeVar
+from typing import Any, Callable, Dict, Iterable, Type, TypeVar
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QMP_IMPORT_ERROR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES
@@ -35,15 +34,15 @@ def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], opti
     try:
         result = engine(options(check_mode=module.check_mode, **module.params))  # type: ignore[call-arg]
     except CprError as exc:
-        _hide_secrets(module)
+        _hide_secrets(module, exc.secrets)
         details = exc.as_dict()
         module.fail_json(msg=str(exc), **{k: v for k, v in details.items() if k not in ("msg", "failed")})
-    _hide_secrets(module)
+    _hide_secrets(module, result.pop("secrets", ()))
     for warning in result.pop("warnings", []):
         module.warn(warning)
     module.exit_json(**result)
 
 
-def _hide_secrets(module: AnsibleModule) -> None:
+def _hide_secrets(module: AnsibleModule, secrets: Iterable[str]) -> None:
     """Ansible masks these strings wherever they would appear in output or logs."""
-    module.no_log_values.update(qemu_argv.KNOWN_SECRETS)
+    module.no_log_values.update(secrets)

@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import ram_verdict
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, assess_all, public_view
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
 
@@ -16,7 +17,8 @@ def info_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
-    assessed = assess_all(scope.running, opts, check_outdated=True)
+    with carrying(scope.secrets):
+        assessed = assess_all(scope.running, opts, check_outdated=True)
     overlaps = ram_verdict.overlapping_ranges({r.vm.name: r.vm.ram for r in assessed})
     running = {r.vm.name for r in assessed}
     saved = [public_view(record, record.get("phase", "unknown")) for name, record in sorted(records.items())
@@ -31,4 +33,5 @@ def info_host(opts: SaveOptions) -> Dict[str, Any]:
         "ram_overlaps": overlaps,
         "awaiting_restore": [r["vm"] for r in saved if r.get("phase") in jr.AWAITING_RESTORE],
         "warnings": scope.warnings,
+        "secrets": scope.secrets,
     }

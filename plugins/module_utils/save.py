@@ -27,10 +27,11 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     NotReadyError,
     QmpError,
     SaveError,
+    carrying,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import is_under
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
 
 PARTIAL_SUFFIX = ".partial"
 # Device state is about 300 KB; leave room for it and for the journal.
@@ -214,6 +215,13 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
+    with carrying(scope.secrets):
+        result = _save_in_scope(opts, journal, records, scope)
+    return dict(result, secrets=scope.secrets)
+
+
+def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Dict[str, Any]], scope: Scope
+                   ) -> Dict[str, Any]:
     running = scope.by_name()
     results: List[Dict[str, Any]] = []
     for name, record in sorted(records.items()):

@@ -12,6 +12,7 @@ import pytest
 
 from ansible_collections.liveupdate.cpr.plugins import modules
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, carrying
 
 MODULES = sorted(info.name for info in pkgutil.iter_modules(modules.__path__))
 
@@ -57,6 +58,25 @@ def test_a_param_the_options_do_not_name_is_a_bug_not_silently_dropped():
     with pytest.raises(Failed, match="third") as failed:
         boundary.run(module, lambda _opts: pytest.fail("the engine ran without the param"), TwoOptions, needs_qmp=False)
     assert "TwoOptions" in str(failed.value)
+
+
+def test_the_secrets_an_engine_returns_are_masked_and_never_returned():
+    module = FakeModule({})
+    boundary.run(module, lambda _opts: {"changed": False, "secrets": {"hunter2"}}, TwoOptions, needs_qmp=False)
+    assert module.no_log_values == {"hunter2"}
+    assert "secrets" not in module.exited
+
+
+def test_the_secrets_an_error_carries_are_masked():
+    def engine(_opts):
+        found = set()
+        with carrying(found):
+            found.add("hunter2")  # found after the carrying began: still carried
+            raise CprError("QEMU said: data=hunter2")
+    module = FakeModule({})
+    with pytest.raises(Failed):
+        boundary.run(module, engine, TwoOptions, needs_qmp=False)
+    assert module.no_log_values == {"hunter2"}
 
 
 @pytest.mark.parametrize("name", MODULES)
