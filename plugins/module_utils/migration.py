@@ -14,11 +14,15 @@ from typing import Any, Dict, Optional
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 
 MIGRATION_DONE = ("completed", "failed", "cancelled")
+# With the events capability on, QEMU sends a MIGRATION event at each status change, and the
+# wait for the final status wakes on it; the look every RECHECK_SECONDS only bounds a missed one.
+RECHECK_SECONDS = 0.1
 
 
 def set_cpr_mode(session: QmpSession, x_ignore_shared: bool) -> None:
     session.execute("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "x-ignore-shared", "state": x_ignore_shared}]})
+                    {"capabilities": [{"capability": "x-ignore-shared", "state": x_ignore_shared},
+                                      {"capability": "events", "state": True}]})
     session.execute("migrate-set-parameters", {"mode": "cpr-reboot"})
 
 
@@ -26,7 +30,8 @@ def set_normal_mode(session: QmpSession) -> None:
     """Undo set_cpr_mode, for a VM that keeps running after a failed save."""
     session.execute("migrate-set-parameters", {"mode": "normal"})
     session.execute("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+                    {"capabilities": [{"capability": "x-ignore-shared", "state": False},
+                                      {"capability": "events", "state": False}]})
 
 
 def save_to(session: QmpSession, state_file: str, timeout: float) -> Dict[str, Any]:
@@ -49,5 +54,6 @@ def result(session: QmpSession, timeout: float) -> Dict[str, Any]:
     def finished(s: QmpSession) -> Optional[Dict[str, Any]]:
         info: Dict[str, Any] = s.execute("query-migrate")
         return info if info.get("status") in MIGRATION_DONE else None
-    info: Dict[str, Any] = session.wait_for(finished, timeout, what="the migration to finish")
+    info: Dict[str, Any] = session.wait_for(finished, timeout, RECHECK_SECONDS, what="the migration to finish",
+                                            wake_on_events=True)
     return info

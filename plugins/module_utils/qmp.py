@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import traceback
 from typing import Any, Dict, List, Mapping, NoReturn, Optional
 
@@ -150,10 +151,23 @@ class QmpSession:
                 return event_time(event)
         return None
 
+    def next_event(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for QEMU's next event (kept, like drained ones): a pause that an event cuts short."""
+        if self._listener is None:
+            time.sleep(timeout)
+            return
+        try:
+            event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), timeout))
+        except asyncio.TimeoutError:
+            return
+        self.events.append(dict(event))
+
     def wait_for(self, predicate: Any, timeout: float, interval: float = 0.02,
-                 what: str = "condition") -> Any:
-        """Poll ``predicate(self)`` until it returns a truthy value."""
-        value = wait_until(lambda: predicate(self), timeout, interval)
+                 what: str = "condition", wake_on_events: bool = False) -> Any:
+        """Poll ``predicate(self)`` until it returns a truthy value; with ``wake_on_events``
+        a QEMU event ends the pause between polls early."""
+        value = wait_until(lambda: predicate(self), timeout, interval,
+                           pause=self.next_event if wake_on_events else time.sleep)
         if not value:
             raise QmpError("timed out after %.0f s waiting for %s." % (timeout, what),
                            self.vm, self.socket_path)
