@@ -134,7 +134,7 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
     else:
         unit, where = None, log
         child = _start_detached(record, argv, log)
-    unit_checked = [time.monotonic()]
+    unit_checked = time.monotonic()
 
     def not_served() -> RestoreError:
         detail = log_tail(where) if where else "%s (journalctl -u %s)" % (_unit_log(unit or ""), unit)
@@ -145,6 +145,7 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
             vm=record["vm"], fix="fix what QEMU reports and run vm_restore again; the state file and journal are kept.")
 
     def served() -> Optional[Launched]:
+        nonlocal unit_checked
         peer = socket_peer_pid(socket_path)
         # with -daemonize the parent waits for its child to serve the socket: wait for the parent to go
         if peer is not None and process_exists(peer) and (
@@ -152,8 +153,8 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
             return Launched(peer, unit, where, "systemd-run" if unit else "detached")
         if child is not None and child.poll() not in (None, 0):
             raise not_served()
-        if unit is not None and time.monotonic() > unit_checked[0] + 0.5:
-            unit_checked[0] = time.monotonic()
+        if unit is not None and time.monotonic() > unit_checked + 0.5:
+            unit_checked = time.monotonic()
             if _unit_failed(unit):
                 raise not_served()
         return None
