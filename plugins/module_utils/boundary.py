@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Type, TypeVar
+from typing import Any, Callable, Dict, Iterable, Type, TypeVar
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QMP_IMPORT_ERROR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES
@@ -26,20 +25,24 @@ def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], opti
     if bad:
         module.fail_json(msg="ram_policy_per_vm: %s; each policy must be one of %s." % (
             ", ".join("%s=%s" % item for item in sorted(bad.items())), ", ".join(RAM_POLICIES)))
+    names = {f.name for f in dataclasses.fields(options)}  # type: ignore[arg-type]
+    unknown = sorted(set(module.params) - names)
+    if unknown:
+        # a programming error: the operator's value would be ignored without a word
+        module.fail_json(msg="module bug: %s has no field for the option(s) %s; the engine would ignore them." % (
+            options.__name__, ", ".join(unknown)))
     try:
-        names = {f.name for f in dataclasses.fields(options)}  # type: ignore[arg-type]
-        chosen = {key: value for key, value in module.params.items() if key in names}
-        result = engine(options(check_mode=module.check_mode, **chosen))  # type: ignore[call-arg]
+        result = engine(options(check_mode=module.check_mode, **module.params))  # type: ignore[call-arg]
     except CprError as exc:
-        _hide_secrets(module)
+        _hide_secrets(module, exc.secrets)
         details = exc.as_dict()
         module.fail_json(msg=str(exc), **{k: v for k, v in details.items() if k not in ("msg", "failed")})
-    _hide_secrets(module)
+    _hide_secrets(module, result.pop("secrets", ()))
     for warning in result.pop("warnings", []):
         module.warn(warning)
     module.exit_json(**result)
 
 
-def _hide_secrets(module: AnsibleModule) -> None:
+def _hide_secrets(module: AnsibleModule, secrets: Iterable[str]) -> None:
     """Ansible masks these strings wherever they would appear in output or logs."""
-    module.no_log_values.update(qemu_argv.KNOWN_SECRETS)
+    module.no_log_values.update(secrets)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import DiscoveryError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import wait_until
 
 PROC = "/proc"
 QEMU_BINARY = re.compile(r"^(qemu-system-[\w.-]+|qemu-kvm)$")
@@ -196,6 +197,11 @@ def process_exists(pid: int) -> bool:
     except OSError:
         return False
     return not state.startswith(("Z", "X"))
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` exited within ``timeout`` seconds."""
+    return bool(wait_until(lambda: not process_exists(pid), timeout, 0.01))
 
 
 def binary_version(binary: str) -> Optional[str]:

@@ -10,7 +10,8 @@ and what the operator can do about it.
 from __future__ import annotations
 
 import socket
-from typing import Any, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional, Set
 
 
 class CprError(Exception):
@@ -24,6 +25,8 @@ class CprError(Exception):
         self.fix = fix
         self.host = socket.gethostname()
         self.details: Dict[str, Any] = details
+        # never in as_dict: the boundary only hands them to Ansible to mask
+        self.secrets: Set[str] = set()
 
     def __str__(self) -> str:
         where = "host %s" % self.host
@@ -39,6 +42,16 @@ class CprError(Exception):
                                   "fix": self.fix, "kind": type(self).__name__}
         result.update(self.details)
         return result
+
+
+@contextmanager
+def carrying(secrets: Set[str]) -> Iterator[None]:
+    """A CprError raised inside takes ``secrets`` (as filled by then) to the boundary, which masks them."""
+    try:
+        yield
+    except CprError as exc:
+        exc.secrets.update(secrets)
+        raise
 
 
 class QmpError(CprError):

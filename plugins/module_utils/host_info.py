@@ -8,6 +8,7 @@ from typing import Any, Dict, Mapping, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import ram_verdict
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, assess_all, public_view
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
@@ -17,7 +18,9 @@ def info_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
-    return info_of(assess_all(scope.running, opts, check_outdated=True), records, scope, opts.vms)
+    with carrying(scope.secrets):
+        assessed = assess_all(scope.running, opts, check_outdated=True)
+    return info_of(assessed, records, scope, opts.vms)
 
 
 def info_of(assessed: Sequence[Readiness], records: Mapping[str, Dict[str, Any]], scope: Scope,
@@ -37,4 +40,5 @@ def info_of(assessed: Sequence[Readiness], records: Mapping[str, Dict[str, Any]]
         "ram_overlaps": overlaps,
         "awaiting_restore": [r["vm"] for r in saved if r.get("phase") in jr.AWAITING_RESTORE],
         "warnings": scope.warnings,
+        "secrets": scope.secrets,
     }

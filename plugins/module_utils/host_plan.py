@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel as kn
 from ansible_collections.liveupdate.cpr.plugins.module_utils import save as sv
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.host_info import info_of
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
 
 # cycle: stage, save, reboot, restore. finish_cycle: an earlier run saved the VMs in this boot and stopped
 # before its reboot, so stage, reboot and restore. restore: VMs saved before this boot wait for vm_restore.
@@ -150,6 +150,12 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
+    with carrying(scope.secrets):
+        return _plan_in_scope(opts, kernel, journal, records, scope)
+
+
+def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journal, records: Dict[str, Dict[str, Any]],
+                   scope: Scope) -> Dict[str, Any]:
     mine = [r for name, r in records.items() if not opts.vms or name in opts.vms]
     situation = Situation(
         journal=journal_state(mine, kernel["boot_id"]), reboot_method=opts.reboot_method, force=opts.force,
@@ -171,5 +177,5 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
         sv.check_state_dir(journal, True)
         sv.check_running(scope.by_name(), records, journal)
         sv.preflight(assessed, journal, True)
-    return dict(info, changed=False, action=decision.action, reboot_method=decision.reboot, vm_reboot_method=method,
+    return dict(info, action=decision.action, reboot_method=decision.reboot, vm_reboot_method=method,
                 kernel=kernel, plan=plan_row(decision, kernel, info), situation=asdict(situation))

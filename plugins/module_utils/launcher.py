@@ -21,6 +21,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, systemd_is_init
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import socket_peer_pid
+from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import wait_until
 
 UNIT_PREFIX = "liveupdate-cpr-"
 LOG_TAIL_BYTES = 2000
@@ -133,25 +134,32 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
     else:
         unit, where = None, log
         child = _start_detached(record, argv, log)
-    deadline = time.monotonic() + timeout
-    checked = time.monotonic()
-    while time.monotonic() < deadline:
+    unit_checked = time.monotonic()
+
+    def not_served() -> RestoreError:
+        detail = log_tail(where) if where else "%s (journalctl -u %s)" % (_unit_log(unit or ""), unit)
+        if child is not None and child.poll() is None:
+            child.kill()
+        return RestoreError(
+            "QEMU did not serve its QMP socket %s within %.0f s: %s" % (socket_path, timeout, detail or "no output"),
+            vm=record["vm"], fix="fix what QEMU reports and run vm_restore again; the state file and journal are kept.")
+
+    def served() -> Optional[Launched]:
+        nonlocal unit_checked
         peer = socket_peer_pid(socket_path)
-        if peer is not None and process_exists(peer):
-            if child is not None and child.poll() is None and child.pid != peer:
-                pass  # -daemonize: the parent waits for the child; keep waiting for it to go
-            else:
-                return Launched(peer, unit, where, "systemd-run" if unit else "detached")
+        # with -daemonize the parent waits for its child to serve the socket: wait for the parent to go
+        if peer is not None and process_exists(peer) and (
+                child is None or child.poll() is not None or child.pid == peer):
+            return Launched(peer, unit, where, "systemd-run" if unit else "detached")
         if child is not None and child.poll() not in (None, 0):
-            break
-        if unit is not None and time.monotonic() > checked + 0.5:
-            checked = time.monotonic()
+            raise not_served()
+        if unit is not None and time.monotonic() > unit_checked + 0.5:
+            unit_checked = time.monotonic()
             if _unit_failed(unit):
-                break
-        time.sleep(0.01)
-    detail = log_tail(where) if where else "%s (journalctl -u %s)" % (_unit_log(unit or ""), unit)
-    if child is not None and child.poll() is None:
-        child.kill()
-    raise RestoreError(
-        "QEMU did not serve its QMP socket %s within %.0f s: %s" % (socket_path, timeout, detail or "no output"),
-        vm=record["vm"], fix="fix what QEMU reports and run vm_restore again; the state file and journal are kept.")
+                raise not_served()
+        return None
+
+    launched = wait_until(served, timeout, 0.01)
+    if launched is None:
+        raise not_served()
+    return launched

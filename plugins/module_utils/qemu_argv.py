@@ -29,9 +29,6 @@ REDACTED = "********"
 SECRET_KEYS = frozenset(("password", "passwd", "secret-value"))
 SECRET_OBJECT_TYPES = frozenset(("secret", "secret_keyring", "tls-creds-psk"))
 BOOLEAN_WORDS = frozenset(("on", "off", "true", "false", "yes", "no"))
-# Every secret seen on a command line in this process; the module boundary
-# hands them to Ansible, which masks them anywhere in output and logs.
-KNOWN_SECRETS: Set[str] = set()
 
 SIZE_SUFFIXES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -264,14 +261,12 @@ def _redact_value(option: str, value: str) -> Tuple[str, List[str]]:
 
 
 def secret_values(argv: Sequence[str]) -> List[str]:
-    """The secret strings on a command line, to hide them from all output."""
+    """The secret strings on a command line, for the module boundary to hide from all output."""
     found: List[str] = []
     for opt in parse_options(argv):
         if opt.value is not None:
             found.extend(_redact_value(opt.name, opt.value)[1])
-    found = [value for value in found if value]
-    KNOWN_SECRETS.update(found)
-    return found
+    return [value for value in found if value]
 
 
 def redact(argv: Sequence[str]) -> List[str]:
@@ -279,8 +274,7 @@ def redact(argv: Sequence[str]) -> List[str]:
     out = list(argv)
     for opt in parse_options(argv):
         if opt.value is not None:
-            out[opt.index + 1], found = _redact_value(opt.name, opt.value)
-            KNOWN_SECRETS.update(value for value in found if value)
+            out[opt.index + 1] = _redact_value(opt.name, opt.value)[0]
     return out
 
 

@@ -16,6 +16,7 @@ import traceback
 from typing import Any, Dict, List, Mapping, NoReturn, Optional
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import Deadline, wait_until
 
 QMP_IMPORT_ERROR: Optional[str]
 try:
@@ -58,24 +59,30 @@ class QmpSession:
             raise QmpError("QMP socket %s does not exist." % self.socket_path, self.vm,
                            self.socket_path,
                            fix="check the VM's -qmp/-chardev path and that its QEMU still runs.")
-        deadline = time.monotonic() + self.connect_timeout
-        while True:
+        deadline = Deadline(self.connect_timeout)
+        refused: List[Exception] = []
+
+        def attempt() -> bool:
             self._client = QMPClient(self.vm or "liveupdate-cpr")
             self._listener = EventListener(TIMED_EVENTS)
             self._client.register_listener(self._listener)
             try:
-                self._run(self._client.connect(self.socket_path), max(0.5, deadline - time.monotonic()))
-                return self
+                self._run(self._client.connect(self.socket_path), max(0.5, deadline.remaining()))
+                return True
             except ConnectError as exc:
                 # QEMU serves one monitor client at a time and refuses others
                 # until it has noticed the previous one leave: try again.
-                if isinstance(exc.exc, ConnectionRefusedError) and time.monotonic() < deadline:
+                if isinstance(exc.exc, ConnectionRefusedError):
                     self._client = None
-                    time.sleep(0.02)
-                    continue
+                    refused.append(exc)
+                    return False
                 self._connect_failed(exc)
             except (QmpError, OSError, QMPError) as exc:
                 self._connect_failed(exc)
+
+        if not wait_until(attempt, deadline, 0.02):
+            self._connect_failed(refused[-1])
+        return self
 
     def _connect_failed(self, exc: Exception) -> NoReturn:
         self.close()
@@ -144,18 +151,27 @@ class QmpSession:
                 return event_time(event)
         return None
 
+    def next_event(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for QEMU's next event (kept, like drained ones): a pause that an event cuts short."""
+        if self._listener is None:
+            time.sleep(timeout)
+            return
+        try:
+            event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), timeout))
+        except asyncio.TimeoutError:
+            return
+        self.events.append(dict(event))
+
     def wait_for(self, predicate: Any, timeout: float, interval: float = 0.02,
-                 what: str = "condition") -> Any:
-        """Poll ``predicate(self)`` until it returns a truthy value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate(self)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise QmpError("timed out after %.0f s waiting for %s." % (timeout, what),
-                               self.vm, self.socket_path)
-            time.sleep(interval)
+                 what: str = "condition", wake_on_events: bool = False) -> Any:
+        """Poll ``predicate(self)`` until it returns a truthy value; with ``wake_on_events``
+        a QEMU event ends the pause between polls early."""
+        value = wait_until(lambda: predicate(self), timeout, interval,
+                           pause=self.next_event if wake_on_events else time.sleep)
+        if not value:
+            raise QmpError("timed out after %.0f s waiting for %s." % (timeout, what),
+                           self.vm, self.socket_path)
+        return value
 
     def _run(self, coroutine: Any, timeout: float) -> Any:
         try:

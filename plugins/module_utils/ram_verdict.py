@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import is_under
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import RamBackend
 
 REBOOT_METHODS = ("kexec", "reboot", "none")
@@ -105,12 +106,6 @@ class RamVerdict:
                 "ok": self.ok, "reasons": self.reasons, "backends": [b.as_dict() for b in self.backends]}
 
 
-def _under(path: str, roots: Sequence[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(real == os.path.realpath(root) or real.startswith(os.path.realpath(root).rstrip("/") + "/")
-               for root in roots)
-
-
 def judge_backend(backend: RamBackend, reboot_method: str, persistent_paths: Sequence[str],
                   mounts: Sequence[Mount]) -> BackendVerdict:
     if backend.type != "memory-backend-file" or not backend.share or not backend.mem_path:
@@ -122,7 +117,7 @@ def judge_backend(backend: RamBackend, reboot_method: str, persistent_paths: Seq
     if reboot_method == "none":
         return BackendVerdict(backend, True, True, "%s is shared file RAM on %s; QEMU restarts without a reboot" % (
             backend.id, path))
-    if _under(path, persistent_paths):
+    if is_under(path, *persistent_paths):
         return BackendVerdict(backend, True, True, "%s is on %s, declared persistent by the operator" % (backend.id, path))
     real = os.path.realpath(path)
     mount = mount_of(real, mounts)

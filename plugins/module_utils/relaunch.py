@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, NotReadyError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, NotReadyError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import restore_one
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
@@ -25,7 +25,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
     public_view,
     save_one,
 )
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
 
 
 @dataclass
@@ -40,11 +40,22 @@ def _cycle(ready: Readiness, journal: jr.Journal, opts: RelaunchOptions) -> Dict
 
 
 def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
-    opts.reboot_method = "none"
+    if opts.reboot_method != "none":
+        # the RAM verdict of another method would judge a reboot this module never makes
+        raise CprError("vm_relaunch only restarts QEMU, so reboot_method=%s does not apply." % opts.reboot_method,
+                       fix="leave reboot_method out (or set it to none); to reboot into a new kernel, use vm_save, "
+                           "the reboot and vm_restore, as the liveupdate.cpr.liveupdate role does.")
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
+    with carrying(scope.secrets):
+        result = _relaunch_in_scope(opts, journal, records, scope)
+    return dict(result, secrets=scope.secrets)
+
+
+def _relaunch_in_scope(opts: RelaunchOptions, journal: jr.Journal, records: Dict[str, Dict[str, Any]], scope: Scope
+                       ) -> Dict[str, Any]:
     waiting = [name for name, r in records.items() if r.get("phase") in jr.AWAITING_RESTORE]
     if waiting:
         raise NotReadyError("the journal holds unrestored saves of %s." % ", ".join(sorted(waiting)), vm=sorted(waiting)[0],

@@ -16,13 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists, running_qemus
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
+    QemuProcess,
+    process_exists,
+    running_qemus,
+    wait_gone,
+)
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.save import _migration_result, public_view, set_cpr_mode, wait_gone
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import secrets_of
 
 RUN_STATES_AFTER_LOAD = ("running", "paused")
 
@@ -84,9 +90,8 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
     try:
         started = launch(record, argv, journal.log_path(record["vm"]))
         with QmpSession(record["qmp"]["path"], record["vm"]) as session:
-            set_cpr_mode(session, record["x_ignore_shared"])
-            session.execute("migrate-incoming", {"uri": "file:" + record["state_file"], "exit-on-error": False})
-            info = _migration_result(session, timeout)
+            migration.set_cpr_mode(session, record["x_ignore_shared"])
+            info = migration.load_from(session, record["state_file"], timeout)
             if info.get("status") != "completed":
                 raise RestoreError("QEMU could not load the saved state: %s" % info.get("error-desc", info.get("status")),
                                    vm=record["vm"], qemu_message=info.get("error-desc"),
@@ -112,21 +117,25 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                              blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept)
 
 
-def _running_for(records: Sequence[Dict[str, Any]]) -> Dict[str, int]:
-    running = running_qemus()
-    return {record["vm"]: vm.pid for record in records for vm in running if is_same_vm(vm, record)}
-
-
 def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
+    qemus = running_qemus()
+    secrets = secrets_of(qemus, records.values())
+    with carrying(secrets):
+        result = _restore_records(opts, journal, records, qemus)
+    return dict(result, secrets=secrets)
+
+
+def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[str, Dict[str, Any]],
+                     qemus: Sequence[QemuProcess]) -> Dict[str, Any]:
     unknown = [name for name in opts.vms if name not in records]
     if unknown:
         raise ScopeError("the journal in %s has no record of %s. It has: %s." % (
             opts.state_dir, ", ".join(unknown), ", ".join(sorted(records)) or "nothing"),
             vm=unknown[0], fix="check vms and state_dir.")
     chosen = [records[name] for name in sorted(records) if not opts.vms or name in opts.vms]
-    running = _running_for(chosen)
+    running = {record["vm"]: vm.pid for record in chosen for vm in qemus if is_same_vm(vm, record)}
     results: List[Dict[str, Any]] = []
     todo: List[Dict[str, Any]] = []
     for record in chosen:

@@ -14,29 +14,29 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv, ram_verdict, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, process_exists
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, wait_gone
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     CprError,
     JournalError,
     NotReadyError,
     QmpError,
     SaveError,
+    carrying,
 )
+from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import is_under
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
 
 PARTIAL_SUFFIX = ".partial"
 # Device state is about 300 KB; leave room for it and for the journal.
 DEVICE_STATE_ALLOWANCE = 8 << 20
 FREE_SPACE_MARGIN = 64 << 20
-MIGRATION_DONE = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -141,38 +141,13 @@ def public_view(record: Dict[str, Any], action: str) -> Dict[str, Any]:
     return view
 
 
-def _migration_result(session: QmpSession, timeout: float) -> Dict[str, Any]:
-    def finished(s: QmpSession) -> Optional[Dict[str, Any]]:
-        info: Dict[str, Any] = s.execute("query-migrate")
-        return info if info.get("status") in MIGRATION_DONE else None
-    result: Dict[str, Any] = session.wait_for(finished, timeout, what="the migration to finish")
-    return result
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while process_exists(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def set_cpr_mode(session: QmpSession, x_ignore_shared: bool) -> None:
-    session.execute("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "x-ignore-shared", "state": x_ignore_shared}]})
-    session.execute("migrate-set-parameters", {"mode": "cpr-reboot"})
-
-
 def _resume_after_failure(session: QmpSession, record: Dict[str, Any]) -> str:
     """Leave the VM as it was before the save: running if it ran, in normal mode."""
     status = readiness.run_status(session)
     if record["run_state_at_save"] == "running" and status != "running":
         session.execute("cont")
         status = readiness.run_status(session)
-    session.execute("migrate-set-parameters", {"mode": "normal"})
-    session.execute("migrate-set-capabilities",
-                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+    migration.set_normal_mode(session)
     return status
 
 
@@ -190,10 +165,9 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
     state_file = record["state_file"]
     with QmpSession(record["qmp"]["path"], vm.name) as session:
         try:
-            set_cpr_mode(session, record["x_ignore_shared"])
+            migration.set_cpr_mode(session, record["x_ignore_shared"])
             started = jr.now()
-            session.execute("migrate", {"uri": "file:" + state_file})
-            info = _migration_result(session, timeout)
+            info = migration.save_to(session, state_file, timeout)
             if info.get("status") != "completed":
                 raise SaveError("QEMU's migration ended %s: %s" % (info.get("status"), info.get("error-desc", "no reason given")),
                                 vm=vm.name)
@@ -252,6 +226,13 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
     check_state_dir(journal, opts.check_mode)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
+    with carrying(scope.secrets):
+        result = _save_in_scope(opts, journal, records, scope)
+    return dict(result, secrets=scope.secrets)
+
+
+def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Dict[str, Any]], scope: Scope
+                   ) -> Dict[str, Any]:
     running = scope.by_name()
     results: List[Dict[str, Any]] = []
     for name, record in sorted(records.items()):
@@ -259,7 +240,7 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
             continue
         if record.get("phase") in jr.AWAITING_RESTORE or record.get("phase") == jr.SAVING:
             finished = record if opts.check_mode else finish_interrupted(record, journal) or record
-            if opts.qmp_dir is None or opts.vms or _under_dir(record, opts.qmp_dir):
+            if opts.qmp_dir is None or opts.vms or is_under(str(record.get("qmp", {}).get("path", "")), opts.qmp_dir):
                 results.append(public_view(finished, "already_saved"))
     check_running(running, records, journal)
     ready = assess_all(list(running.values()), opts)
@@ -276,8 +257,3 @@ def save_host(opts: SaveOptions) -> Dict[str, Any]:
             vm=failures[0]["vm"], fix="see each VM's error; do not reboot this host until every VM is saved.",
             failures=failures, vms=results, changed=changed)
     return {"changed": changed, "vms": results, "warnings": scope.warnings}
-
-
-def _under_dir(record: Dict[str, Any], qmp_dir: str) -> bool:
-    path = os.path.realpath(str(record.get("qmp", {}).get("path", "")))
-    return path.startswith(os.path.realpath(qmp_dir).rstrip("/") + "/")

@@ -9,10 +9,12 @@ import socket
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, running_qemus
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError, ScopeError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import is_under
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 
 
@@ -20,13 +22,20 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSessi
 class Scope:
     running: List[QemuProcess]
     warnings: List[str] = field(default_factory=list)
+    # of every QEMU seen and every journal record read, in scope or not: for the boundary to mask
+    secrets: Set[str] = field(default_factory=set)
 
     def by_name(self) -> Dict[str, QemuProcess]:
         return {vm.name: vm for vm in self.running}
 
 
-def _under(path: str, root: str) -> bool:
-    return os.path.realpath(path).startswith(os.path.realpath(root).rstrip("/") + "/")
+def secrets_of(vms: Iterable[QemuProcess], records: Iterable[Mapping[str, Any]] = ()) -> Set[str]:
+    """The secrets on the command lines of running QEMUs and of journal records."""
+    found = {secret for vm in vms for secret in vm.secrets}
+    for record in records:
+        found.update(qemu_argv.secret_values(record.get("argv", [])))
+        found.update(qemu_argv.secret_values(record.get("launch_argv", [])))
+    return found
 
 
 def socket_peer_pid(path: str) -> Optional[int]:
@@ -75,8 +84,8 @@ def select(qmp_dir: Optional[str], names: Sequence[str], journal: Optional[Mappi
     journal = journal or {}
     journal_sockets = [str(record.get("qmp", {}).get("path", "")) for record in journal.values()]
     running = running_qemus()
-    scope = Scope(running)
-    if qmp_dir and not os.path.isdir(qmp_dir) and any(_under(path, qmp_dir) for path in journal_sockets):
+    scope = Scope(running, secrets=secrets_of(running, journal.values()))
+    if qmp_dir and not os.path.isdir(qmp_dir) and any(is_under(path, qmp_dir) for path in journal_sockets):
         # a qmp_dir under /run is gone after the reboot; its VMs are in the journal, and the restore recreates it
         scope.running = []
         scope.warnings.append("qmp_dir %s does not exist (yet): no VM runs there; the journal holds VMs to restore "
@@ -85,7 +94,7 @@ def select(qmp_dir: Optional[str], names: Sequence[str], journal: Optional[Mappi
         if not os.path.isdir(qmp_dir):
             raise ScopeError("qmp_dir %s does not exist or is not a directory." % qmp_dir,
                              fix="set qmp_dir to the directory that holds the VMs' QMP sockets, or leave it empty for all QEMUs.")
-        scope.running = [vm for vm in running if vm.qmp and _under(vm.qmp.path, qmp_dir)]
+        scope.running = [vm for vm in running if vm.qmp and is_under(vm.qmp.path, qmp_dir)]
         _check_stray_sockets(qmp_dir, running, scope.warnings)
     seen: Dict[str, QemuProcess] = {}
     for vm in scope.running:

@@ -27,7 +27,7 @@ options:
     type: dict
     default: {}
   hosts:
-    description: One record per host as the live_update role leaves it in C(liveupdate_host_report).
+    description: One record per host as the C(liveupdate.cpr.liveupdate) role leaves it in C(liveupdate_host_report).
     type: list
     elements: dict
     default: []

@@ -72,6 +72,13 @@ os_family:
   description: One of debian, redhat, unknown.
   type: str
   returned: always
+flavour:
+  description:
+    - The running kernel's flavour, the part of its release after the version (C(cloud-amd64) in
+      C(6.12.38+deb12-cloud-amd64)); the available kernels are those of this flavour.
+    - Empty where the release names none (EL kernels).
+  type: str
+  returned: always
 installed:
   description: Kernel releases in /boot; oldest first.
   type: list
@@ -94,6 +101,10 @@ needed:
   description: Whether the target differs from the running kernel.
   type: bool
   returned: always
+newer_than_running:
+  description: Whether the target sorts after the running kernel by version; false for a downgrade or the same kernel.
+  type: bool
+  returned: always
 package:
   description: Package that installs the target.
   type: str
@@ -107,9 +118,14 @@ initrd_path:
   type: str
   returned: always
 kexec:
-  description: kexec support; C(usable), C(binary), C(loaded) and the C(reasons) it cannot be used.
+  description: Whether this host can kexec.
   type: dict
   returned: always
+  contains:
+    usable: {description: Whether kexec can be used now., type: bool, returned: always}
+    binary: {description: Path of the kexec binary; null when kexec-tools is missing., type: str, returned: always}
+    loaded: {description: Whether a kernel is loaded for kexec (C(/sys/kernel/kexec_loaded))., type: bool, returned: always}
+    reasons: {description: Why kexec cannot be used; empty when it can., type: list, elements: str, returned: always}
 systemd:
   description: Whether systemd is PID 1.
   type: bool

@@ -33,9 +33,12 @@ options:
     type: bool
     default: false
   reboot_method:
-    description: Always V(none) for this module; other values are ignored.
+    description:
+      - Only V(none) is accepted; this module restarts QEMU and never reboots the host. V(kexec) and V(reboot) are
+        refused with an error.
+      - To reboot into a new kernel, use M(liveupdate.cpr.vm_save), the reboot and M(liveupdate.cpr.vm_restore), as
+        the C(liveupdate.cpr.liveupdate) role does.
     type: str
-    choices: [kexec, reboot, none]
     default: none
 attributes:
   check_mode:
@@ -94,6 +97,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, force={"type": "bool", "default": False},
                            keep_state={"type": "bool", "default": False},
+                           # the choices the ram fragment documents; the engine refuses all but none, saying what to use instead
                            reboot_method={"type": "str", "choices": ["kexec", "reboot", "none"], "default": "none"}),
         supports_check_mode=True)
     boundary.run(module, relaunch_host, RelaunchOptions)

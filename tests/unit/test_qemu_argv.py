@@ -56,11 +56,11 @@ def test_ram_backends_file_json_and_implicit():
     assert (legacy[0].type, legacy[0].share) == ("memory-backend-file", False)
 
 
-def test_secrets_are_redacted_and_remembered():
+def test_secrets_are_redacted_and_listed():
     redacted = qa.redact(ARGV)
     assert "secret,id=sec0,data=********" in redacted
     assert "s3cr3t,with-comma" in qa.secret_values(ARGV)
-    assert "s3cr3t,with-comma" in qa.KNOWN_SECRETS
+    assert not hasattr(qa, "KNOWN_SECRETS"), "secrets travel with the result, not in a module global"
     assert all("s3cr3t" not in word for word in redacted)
     spice = qa.redact(["qemu", "-spice", "port=5900,password=hunter2", "-vnc", ":1,password=on"])
     assert spice[2] == "port=5900,password=********" and spice[4] == ":1,password=on"
