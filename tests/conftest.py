@@ -1,23 +1,16 @@
-"""Shared fixtures: real QEMU VMs in a private directory, and Ansible runs against localhost."""
+"""Shared fixtures: real QEMU VMs in a private directory. Helpers that tests import live in ansible_run.py."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator
 
 import pytest
+from ansible_run import ROOT
 
 from lab.testvm import TestVm, guest_disk, kill_all, qemu_available
-
-ROOT = Path(__file__).resolve().parent.parent
-INVENTORY = ROOT / "tests" / "integration" / "inventory.yml"
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -54,57 +47,3 @@ def lab(disk: Path) -> Iterator[Lab]:
         yield bench
     finally:
         bench.cleanup()
-
-
-def _env(result_log: Path) -> Dict[str, str]:
-    env = dict(os.environ)
-    env.update(ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="result_log",
-               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", RESULT_LOG=str(result_log),
-               ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               PATH="%s:%s" % (BIN, env.get("PATH", "")))
-    return env
-
-
-class AnsibleRun:
-    """What one ansible or ansible-playbook run did, task by task."""
-
-    def __init__(self, command: List[str], timeout: float) -> None:
-        with tempfile.NamedTemporaryFile(prefix="ansible-results-", suffix=".jsonl") as log:
-            process = subprocess.run(command, cwd=ROOT, env=_env(Path(log.name)), capture_output=True, text=True,
-                                     timeout=timeout, check=False)
-            self.entries = [json.loads(line) for line in Path(log.name).read_text().splitlines() if line]
-        self.stdout = process.stdout
-        self.stderr = process.stderr
-        self.rc = process.returncode
-        if not self.entries:
-            raise AssertionError("ansible ran no task:\n%s\n%s" % (process.stdout, process.stderr))
-
-    def results(self) -> List[Dict[str, Any]]:
-        """Each task's result, in order."""
-        return [entry["result"] for entry in self.entries]
-
-    @property
-    def result(self) -> Dict[str, Any]:
-        return self.results()[-1]
-
-
-def run_module(module: str, args: Dict[str, Any], check: bool = False, verbose: bool = False,
-               extra_vars: Optional[Dict[str, Any]] = None) -> AnsibleRun:
-    """``ansible localhost -m liveupdate.cpr.MODULE -a JSON``: the ad-hoc path an operator uses."""
-    command = [str(BIN / "ansible"), "localhost", "-i", str(INVENTORY), "-m", "liveupdate.cpr." + module,
-               "-a", json.dumps(args)]
-    if extra_vars:
-        command += ["-e", json.dumps(extra_vars)]
-    if check:
-        command.append("--check")
-    if verbose:
-        command.append("-vvv")
-    return AnsibleRun(command, 600)
-
-
-def run_playbook(playbook: Path, extra_vars: Optional[Dict[str, Any]] = None, check: bool = False,
-                 inventory: Path = INVENTORY) -> AnsibleRun:
-    command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), "-e", json.dumps(extra_vars or {})]
-    if check:
-        command.append("--check")
-    return AnsibleRun(command, 900)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import run_module
+from ansible_run import run_module
 from helpers import assert_resumed, qemu_pids
 
 HOST = socket.gethostname()

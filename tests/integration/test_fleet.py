@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, run_playbook
+from ansible_run import BIN, ROOT, run_playbook
 from helpers import qemu_pids
 
 from lab import fleet

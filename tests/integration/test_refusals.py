@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import run_module
+from ansible_run import run_module
 from helpers import assert_resumed, assert_running_untouched, qemu_pids
 
 from lab.testvm import QEMU, probe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from conftest import run_module
+from ansible_run import run_module
 from helpers import assert_resumed, cmdline, qemu_pids
 
 from lab.testvm import qemu_available

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import run_module
+from ansible_run import run_module
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict
 
-from conftest import ROOT, run_module, run_playbook
+from ansible_run import ROOT, run_module, run_playbook
 from helpers import assert_private, assert_resumed, cmdline, qemu_pids
 
 from lab.host.evidence import stall_agreement

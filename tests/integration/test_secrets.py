@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_module
+from ansible_run import run_module
 from helpers import assert_private, assert_resumed
 
 SECRET = "Hunter2-liveupdate-secret"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from conftest import run_playbook
+from ansible_run import run_playbook
 
 from ansible_collections.liveupdate.cpr.plugins.filter.batches import batches
 from ansible_collections.liveupdate.cpr.plugins.filter.serial_steps import serial_steps

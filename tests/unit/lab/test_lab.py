@@ -8,7 +8,7 @@ import yaml
 
 from lab import fleet
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_molecule_inventory_is_the_lab_inventory():
