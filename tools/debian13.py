@@ -16,6 +16,7 @@ path, a failure or a kill included, and never show on the host where a stray `rm
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from lab.host.image import CACHE, fresh_work_dir, inputs_key, mmdebstrap, require_tools
+from lab.host.image import CACHE, DPKG_EXCLUDES, fresh_work_dir, inputs_key, mmdebstrap, require_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "tools" / "install-system-packages.sh"
@@ -94,7 +95,9 @@ def host_pip_config() -> Dict[str, str]:
                             check=True).stdout
     found: Dict[str, str] = {}
     for line in listed.splitlines():
-        name, _, value = line.partition("=")
+        if "=" not in line:
+            continue
+        name, value = line.split("=", 1)
         key = name.rsplit(".", 1)[-1]
         value = value.strip("'\"")
         if key in PIP_KEYS:
@@ -115,7 +118,11 @@ def write_pip_config(rootfs: Path) -> None:
 
 
 def chroot_key() -> str:
-    return inputs_key([SUITE, MIRRORS, ANSIBLE_CORE, VENV], Path(__file__).read_bytes(), SETUP.read_bytes(),
+    """What the chroot is made of: the build steps' code, not the whole file, so a change to the rollout keeps it.
+
+    The pip settings are not an input: they only say how to reach the index, and every run writes them afresh."""
+    code = "".join(inspect.getsource(step) for step in (ensure_chroot, mmdebstrap))
+    return inputs_key([SUITE, MIRRORS, DPKG_EXCLUDES, ANSIBLE_CORE, VENV], code.encode(), SETUP.read_bytes(),
                       (ROOT / "requirements.txt").read_bytes())
 
 
@@ -138,6 +145,10 @@ def ensure_chroot(cache: Path = CACHE) -> Dict[str, Any]:
         print("debian13: tools/install-system-packages.sh on a bare Debian 13", file=sys.stderr)
         in_chroot(rootfs, [SRC + "/tools/install-system-packages.sh"])
         timings["setup_script_cold_s"] = round(time.monotonic() - started, 1)
+        sources = [rootfs / "etc/apt/sources.list", *(rootfs / "etc/apt/sources.list.d").glob("*")]
+        added = [str(path) for path in sources if path.is_file() and "backports" in path.read_text()]
+        if added:  # Debian 13's own QEMU has cpr-reboot: the trixie branch must not add a backports suite
+            raise RuntimeError("debian13: the set-up script added backports: %s" % ", ".join(added))
         write_pip_config(rootfs)
         started = time.monotonic()
         in_chroot(rootfs, ["python3", "-m", "venv", VENV])
@@ -201,13 +212,20 @@ def rollout() -> Dict[str, Any]:
 
     lab = Path(LAB)
     fleet.destroy(lab)
+    timings: Dict[str, float] = {}
     try:
+        started = time.monotonic()
         fleet.create(lab, hosts=HOSTS, vms=VMS)
         before = {vm["vm"]: vm for vm in fleet.probe_all(lab)}
+        timings["fleet_create_s"] = round(time.monotonic() - started, 1)
         inventory = str(lab / "inventory.yml")
-        outputs = [ansible_playbook("prepare-hosts", ["-i", inventory, "playbooks/prepare-hosts.yml"]),
-                   ansible_playbook("kernel-live-update", ["-i", inventory, "playbooks/kernel-live-update.yml",
-                                                           "-e", json.dumps({"liveupdate_report_dir": LAB + "/reports"})])]
+        outputs = []
+        for name, argv in (("prepare-hosts", ["playbooks/prepare-hosts.yml"]),
+                           ("kernel-live-update", ["playbooks/kernel-live-update.yml", "-e",
+                                                   json.dumps({"liveupdate_report_dir": LAB + "/reports"})])):
+            started = time.monotonic()
+            outputs.append(ansible_playbook(name, ["-i", inventory, *argv]))
+            timings[name + "_s"] = round(time.monotonic() - started, 1)
         new_build = hashlib.sha256((lab / "packages" / "qemu-system-x86_64").read_bytes()).hexdigest()
         problems: List[str] = []
         for vm in fleet.probe_all(lab):
@@ -223,7 +241,7 @@ def rollout() -> Dict[str, Any]:
             raise RuntimeError("; ".join(problems))
         warnings = sorted({line.strip() for output in outputs for line in output.splitlines()
                            if "WARNING" in line or "DEPRECATION" in line})
-        return {"vms": sorted(before), "report": statuses, "warnings": warnings}
+        return {"vms": sorted(before), "report": statuses, "warnings": warnings, "timings": timings}
     finally:
         fleet.destroy(lab)
 
