@@ -15,6 +15,19 @@ INVENTORY = ROOT / "tests" / "integration" / "inventory.yml"
 BIN = Path(sys.executable).parent
 
 
+def install_collection(base: Path) -> Path:
+    """Build the artifact into base and install it into base/collections, as a user does; returns that path."""
+    collections = base / "collections"
+    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--force", "--output-path", str(base)],
+                   cwd=ROOT, check=True, capture_output=True)
+    # --force and a cwd outside the repository: its ansible.cfg would say the collection is installed already
+    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "--collections-path",
+                    str(collections), *map(str, base.glob("liveupdate-cpr-*.tar.gz"))], check=True,
+                   capture_output=True, cwd=base)
+    assert (collections / "ansible_collections" / "liveupdate" / "cpr" / "MANIFEST.json").is_file()
+    return collections
+
+
 def _env(result_log: Path) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "tests" / "callback_plugins"), ANSIBLE_CALLBACKS_ENABLED="result_log",

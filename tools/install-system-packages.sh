@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need from Debian's packages on a
-# fresh Debian 12 machine: QEMU 8.2+ (cpr-reboot) from bookworm-backports,
-# nasm for the test guest, daemontools for the supervised-VM test, python3-venv, and mmdebstrap and
-# e2fsprogs for the virtual hypervisor lab's host image.
+# fresh Debian 12 or 13 machine: QEMU 8.2+ (cpr-reboot; from bookworm-backports on 12,
+# Debian's own 10.0 on 13), nasm for the test guest, daemontools for the supervised-VM test,
+# python3-venv, and mmdebstrap and e2fsprogs for the virtual hypervisor lab's host image.
 set -euo pipefail
 
 QEMU_PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data seabios qemu-utils)
@@ -33,24 +33,30 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 . /etc/os-release
-if [ "${ID:-}" != debian ] || [ "${VERSION_CODENAME:-}" != bookworm ]; then
-  echo "install-system-packages: this script knows Debian 12 (bookworm); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync, python3-venv, mmdebstrap, e2fsprogs and openssh-client yourself." >&2
-  exit 1
-fi
+QEMU_SUITE=
+case "${ID:-}:${VERSION_CODENAME:-}" in
+  # Debian 12's own QEMU is 7.2, without cpr-reboot: every QEMU package must come from backports together.
+  debian:bookworm) QEMU_SUITE=bookworm-backports ;;
+  debian:trixie) ;;  # Debian 13's own QEMU is 10.0
+  *)
+    echo "install-system-packages: this script knows Debian 12 (bookworm) and 13 (trixie); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync, python3-venv, mmdebstrap, e2fsprogs and openssh-client yourself." >&2
+    exit 1 ;;
+esac
 
-if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  "${SUDO[@]}" tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<'SOURCES'
+if [ -n "$QEMU_SUITE" ]; then
+  if ! grep -rqs "$QEMU_SUITE" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    "${SUDO[@]}" tee "/etc/apt/sources.list.d/$QEMU_SUITE.sources" >/dev/null <<SOURCES
 Types: deb
 URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
+Suites: $QEMU_SUITE
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
+  fi
+  QEMU_PACKAGES=("${QEMU_PACKAGES[@]/%//$QEMU_SUITE}")
 fi
 
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -q
-# Debian 12's own QEMU is 7.2, without cpr-reboot: every QEMU package must come from backports together.
-"${SUDO[@]}" apt-get install -y -q --no-install-recommends \
-  "${QEMU_PACKAGES[@]/%//bookworm-backports}" "${OTHER_PACKAGES[@]}"
+"${SUDO[@]}" apt-get install -y -q --no-install-recommends "${QEMU_PACKAGES[@]}" "${OTHER_PACKAGES[@]}"
 qemu_ok || { echo "install-system-packages: QEMU >= 8.2 is still missing" >&2; exit 1; }

@@ -14,6 +14,8 @@ source = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requ
 print(re.search(r"pip='([0-9.]+)'", source.read_text()).group(1))
 PY
 )
+# the venv's own Python (3.11 on Debian 12, 3.13 on Debian 13): ansible-test fails on a --python not installed
+python_version=$("$venv_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 standin=~/.ansible/test/cache/get_pip_${pip_version//./_}.py
 if [ ! -s "$standin" ]; then
   mkdir -p "$(dirname "$standin")"
@@ -27,4 +29,4 @@ git ls-files -z --cached --others --exclude-standard | grep -zv '^\.dev-collecti
   | rsync -a --from0 --files-from=- ./ "$tree/"
 cd "$tree"
 git init -q . && git add -A >/dev/null  # ansible-test lists files through git
-PATH="$(cd ../../../.. && pwd)/.venv/bin:$PATH" ansible-test sanity --python 3.11 --requirements --color no "$@"
+PATH="$(cd ../../../.. && pwd)/.venv/bin:$PATH" ansible-test sanity --python "$python_version" --requirements --color no "$@"

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional, Sequence
 
 from lab.testvm import guest_disk
 
@@ -72,12 +72,34 @@ def ssh_key(cache: Path = CACHE) -> Path:
     return private
 
 
-def image_key(pubkey: bytes, guest: bytes) -> str:
-    inputs = json.dumps([MIRRORS, PACKAGES, BACKPORTS, NEWER_KERNEL_META, DPKG_EXCLUDES, IMAGE_SIZE], sort_keys=True)
-    digest = hashlib.sha256(inputs.encode())
-    for part in (Path(__file__).read_bytes(), CUSTOMIZE.read_bytes(), pubkey, guest):
+def inputs_key(inputs: object, *parts: bytes) -> str:
+    """A cache key: the hash of JSON-able settings and of file contents (build scripts, keys)."""
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
+    for part in parts:
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()[:16]
+
+
+def image_key(pubkey: bytes, guest: bytes) -> str:
+    return inputs_key([MIRRORS, PACKAGES, BACKPORTS, NEWER_KERNEL_META, DPKG_EXCLUDES, IMAGE_SIZE],
+                      Path(__file__).read_bytes(), CUSTOMIZE.read_bytes(), pubkey, guest)
+
+
+def fresh_work_dir(home: Path) -> Path:
+    """An empty root-only HOME.tmp to build into; rename it over home only once the build is whole."""
+    work = home.with_suffix(".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700, parents=True)
+    return work
+
+
+def mmdebstrap(suite: str, rootfs: Path, mirrors: List[str], include: List[str], options: Sequence[str] = (),
+               env: Optional[Dict[str, str]] = None) -> None:
+    """A Debian root filesystem from Debian's packages: variant apt, no recommends, no docs, man pages or locales."""
+    command = ["mmdebstrap", "--variant=apt", "--mode=root", "--quiet", "--aptopt=APT::Install-Recommends \"false\""]
+    command += ["--include=" + ",".join(include)] if include else []
+    command += ["--dpkgopt=" + option for option in DPKG_EXCLUDES] + list(options)
+    subprocess.run(command + [suite, str(rootfs)] + mirrors, check=True, env=env, timeout=BUILD_TIMEOUT)
 
 
 def ensure_image(cache: Path = CACHE) -> HostImage:
@@ -87,23 +109,16 @@ def ensure_image(cache: Path = CACHE) -> HostImage:
     manifest = home / "image.json"
     if manifest.exists():
         return HostImage(**json.loads(manifest.read_text()))
-    _require_tools()
+    require_tools()
     started = time.monotonic()
-    work = home.with_suffix(".tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(mode=0o700, parents=True)
+    work = fresh_work_dir(home)
     rootfs = work / "rootfs"
     env = dict(os.environ, LAB_PUBKEY=str(key_file.with_suffix(".pub")), LAB_GUEST_DISK=str(guest),
                LAB_NEWER_KERNEL_META=NEWER_KERNEL_META)
-    # keep the apt lists: they are those of the local repository only, as on a host with a current cache
-    command = ["mmdebstrap", "--variant=apt", "--mode=root", "--quiet", "--skip=cleanup/apt/lists",
-               "--aptopt=APT::Install-Recommends \"false\"",
-               "--include=" + ",".join(PACKAGES + [name + "/bookworm-backports" for name in BACKPORTS]),
-               "--customize-hook=%s \"$1\"" % CUSTOMIZE]
-    command += ["--dpkgopt=" + option for option in DPKG_EXCLUDES]
-    command += [SUITE, str(rootfs)] + MIRRORS
     print("lab image: building the host root filesystem with mmdebstrap (a few minutes, once)", file=sys.stderr)
-    subprocess.run(command, check=True, env=env, timeout=BUILD_TIMEOUT)
+    # keep the apt lists: they are those of the local repository only, as on a host with a current cache
+    mmdebstrap(SUITE, rootfs, MIRRORS, PACKAGES + [name + "/bookworm-backports" for name in BACKPORTS],
+               ["--skip=cleanup/apt/lists", "--customize-hook=%s \"$1\"" % CUSTOMIZE], env=env)
     release = _only(sorted(p.name[len("vmlinuz-"):] for p in (rootfs / "boot").glob("vmlinuz-*")), "kernel")
     newer = (rootfs / "srv" / "liveupdate-repo" / "NEWER_KERNEL").read_text().strip()
     shutil.copyfile(rootfs / "boot" / ("vmlinuz-" + release), work / "vmlinuz")
@@ -127,12 +142,12 @@ def _only(found: List[str], what: str) -> str:
     return found[0]
 
 
-def _require_tools() -> None:
-    missing = [tool for tool in ("mmdebstrap", "mkfs.ext4", "ssh-keygen") if not shutil.which(tool)]
+def require_tools(tools: Sequence[str] = ("mmdebstrap", "mkfs.ext4", "ssh-keygen"), what: str = "lab image") -> None:
+    missing = [tool for tool in tools if not shutil.which(tool)]
     if missing:
-        raise RuntimeError("lab image: %s missing; run `make setup`." % ", ".join(missing))
+        raise RuntimeError("%s: %s missing; run `make setup`." % (what, ", ".join(missing)))
     if os.geteuid() != 0:
-        raise RuntimeError("lab image: mmdebstrap --mode=root needs root; run `make demo` or `make test` as root.")
+        raise RuntimeError("%s: mmdebstrap --mode=root needs root; run make demo, test or debian13 as root." % what)
 
 
 if __name__ == "__main__":

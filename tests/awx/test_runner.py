@@ -12,19 +12,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 import ansible_runner
 import pytest
+from ansible_run import install_collection
 from awx_rules import launch_extra_vars
 
 from lab import fleet
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-BIN = Path(sys.executable).parent
 PLAYBOOK = "playbooks/kernel-live-update.yml"
 SURVEYS = ROOT / "playbooks" / "awx" / "surveys"
 # What an operator answers for the lab: it updates QEMU only (its "hosts" cannot kexec)
@@ -50,14 +49,7 @@ class AwxLike:
         self.lab = base / "lab"
         self.layout = fleet.create(self.lab, hosts=2, vms=1)
         self.reports = self.lab / "reports"
-        self.ee_collections = base / "ee-collections"
-        subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--force", "--output-path", str(base)],
-                       cwd=ROOT, check=True, capture_output=True)
-        # --force and a cwd outside the repository: its ansible.cfg would say the collection is installed already
-        subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--force", "--collections-path",
-                        str(self.ee_collections), *map(str, base.glob("liveupdate-cpr-*.tar.gz"))], check=True,
-                       capture_output=True, cwd=base)
-        assert (self.ee_collections / "ansible_collections" / "liveupdate" / "cpr" / "MANIFEST.json").is_file()
+        self.ee_collections = install_collection(base)
 
     def launch(self, ident: str, playbook: str, extravars: Dict[str, Any], check: bool = False,
                limit: Optional[str] = None) -> Any:
