@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,16 +97,16 @@ def test_rollout_by_fqcn_plans_and_runs_and_writes_nothing_into_the_collection(i
         "liveupdate_qmp_dir": str(tmp_path / "qmp"), "liveupdate_state_dir": str(tmp_path / "state"),
         "liveupdate_reboot_method": "none", "liveupdate_update_kernel": False, "liveupdate_update_qemu": False}}}}))
     (tmp_path / "qmp").mkdir()
-    reports = tmp_path / "reports"
+    reports = installed.base / "reports"  # the default: reports/ in the directory ansible-playbook runs in
+    shutil.rmtree(reports, ignore_errors=True)
     before = tree(installed.collection)
 
-    plan = playbook(installed, "kernel_live_update", "-i", str(inventory), "--check",
-                    "-e", "liveupdate_report_dir=%s" % reports)
+    plan = playbook(installed, "kernel_live_update", "-i", str(inventory), "--check")
     assert plan.returncode == 0, plan.stdout[-4000:] + plan.stderr
-    assert "batch 1  hv1  none  kernel %s  VMs -" % os.uname().release in plan.stdout, plan.stdout[-4000:]
+    assert "batch 1  hv1  none  reboot none  kernel %s  VMs -" % os.uname().release in plan.stdout, plan.stdout[-4000:]
     assert not reports.exists(), "check mode writes no report"
 
-    run = playbook(installed, "kernel_live_update", "-i", str(inventory), "-e", "liveupdate_report_dir=%s" % reports)
+    run = playbook(installed, "kernel_live_update", "-i", str(inventory))
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr
     report = json.loads((reports / "latest.json").read_text())
     assert [(host["host"], host["action"]) for host in report["hosts"]] == [("hv1", "none")]
