@@ -27,7 +27,7 @@ def test_taken_refreshed_and_released_by_its_own_invocation(tmp_path):
 
 def test_another_invocation_with_the_same_run_id_is_refused_and_cannot_release_it(tmp_path):
     lock(tmp_path, run_id="20261201T213157Z", nonce="first", phase="stage", owner={"controller": "ops1"})
-    with pytest.raises(JournalError, match="another rollout holds this host: run 20261201T213157Z .*ops1.*'stage'"):
+    with pytest.raises(JournalError, match=r"another rollout holds this host: run 20261201T213157Z .*ops1.*'stage'"):
         lock(tmp_path, run_id="20261201T213157Z", nonce="second", phase="preflight")
     assert not lock(tmp_path, state="absent", run_id="20261201T213157Z", nonce="second")["released"]
     assert lock(tmp_path, run_id="20261201T213157Z", nonce="first", phase="save")["acquired"]
