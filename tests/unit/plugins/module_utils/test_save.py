@@ -301,3 +301,34 @@ def test_saved_vms_that_are_down_are_reported_as_already_saved_and_not_saved_aga
     assert result["changed"] is False
     elsewhere = save.save_host(save.SaveOptions(state_dir=journal.state_dir, qmp_dir="/run/other"))
     assert elsewhere["vms"] == []
+
+
+def test_check_mode_plans_the_saves_and_writes_nothing(tmp_path, monkeypatch):
+    state_dir = str(tmp_path / "state")
+    monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("web1")]))
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed("web1")])
+    monkeypatch.setattr(save, "save_one", lambda *_args: pytest.fail("check mode saved a VM"))
+
+    result = save.save_host(save.SaveOptions(state_dir=state_dir, check_mode=True))
+
+    assert [(vm["name"], vm["action"], vm["mode"]) for vm in result["vms"]] == [("web1", "would_save", "ignore-shared")]
+    assert result["changed"] is True
+    assert not os.path.exists(state_dir)
+
+
+def test_one_failed_save_does_not_hide_the_others_and_says_which_were_left_running(journal, monkeypatch):
+    monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("a"), qemu("b", pid=2)]))
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed("a"), assessed("b")])
+
+    def save_one(found, journal_, timeout):
+        if found.vm.name == "b":
+            raise SaveError("save failed and the VM was left running: boom", vm="b")
+        return journal_.set_phase({"vm": "a", "launch_argv": []}, jr.SAVED)
+    monkeypatch.setattr(save, "save_one", save_one)
+
+    with pytest.raises(SaveError, match="1 of 2 VMs failed to save; those were left running: b: ") as failed:
+        save.save_host(save.SaveOptions(state_dir=journal.state_dir))
+
+    assert failed.value.details["changed"] is True
+    assert [(vm["vm"], vm["action"]) for vm in failed.value.details["vms"]] == [("a", "saved")]
+    assert "do not reboot" in failed.value.fix
