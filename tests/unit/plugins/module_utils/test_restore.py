@@ -1,0 +1,317 @@
+"""vm_restore: the state file is checked before QEMU starts, and deleted only once the VM runs again."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils import restore
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, Supervisor
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError, ScopeError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import QmpEndpoint
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions
+
+PAUSED_AT, RESUMED_AT = 1000.0, 1000.25
+
+
+@pytest.fixture
+def journal(tmp_path):
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+    return journal
+
+
+def saved(journal, vm, phase=jr.SAVED, content=b"device state", **fields):
+    """A journal record as vm_save leaves it, with its state file beside it."""
+    state_file = journal.state_path(vm)
+    with open(state_file, "wb") as handle:
+        handle.write(content)
+    record = {"vm": vm, "state_file": state_file, "state_sha256": jr.sha256_of(state_file), "state_complete": True,
+              "qmp": {"path": "/run/qmp/%s.sock" % vm, "form": "qmp"}, "x_ignore_shared": False, "ram_backends": [],
+              "argv": ["qemu", "-name", vm, "-incoming", "file:/old"],
+              "launch_argv": ["qemu", "-name", vm, "-machine", "pc-q35-9.2"],
+              "environ": {}, "run_state_at_save": "running", "paused_at": PAUSED_AT}
+    record.update(fields)
+    return journal.set_phase(record, phase)
+
+
+def qemu(name, pid=4242):
+    return QemuProcess(pid=pid, name=name, argv=["qemu"], cwd="/", uid=0, gid=0, environ={}, binary="/usr/bin/qemu",
+                       binary_deleted=False, qmp=QmpEndpoint("/run/qmp/%s.sock" % name, "qmp"), qmp_problems=[], ram=[],
+                       supervisor=Supervisor(1, "systemd", "/"))
+
+
+class FakeQemu:
+    """What restore_one talks to: the launcher, QMP and the migration calls, all without QEMU."""
+
+    def __init__(self, journal, status_after_load="paused", load_status="completed", alive=True):
+        self.journal = journal
+        self.status = status_after_load
+        self.load_status = load_status
+        self.alive = alive
+        self.sent = []
+        self.launched_argv = None
+        self.phase_at_launch = None
+        self.state_file_at_load = None
+
+    def install(self, monkeypatch):
+        fake = self
+
+        class Session:
+            def __init__(self, path, vm=None, **_kwargs):
+                self.vm = vm
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *_exc):
+                return None
+
+            def execute(self, command, arguments=None, timeout=None):
+                fake.sent.append(command)
+                if command == "query-status":
+                    return {"status": fake.status}
+                if command == "cont":
+                    fake.status = "running"
+                return {}
+
+            def wait_for(self, predicate, timeout, interval=0.02, what="condition", wake_on_events=False):
+                assert predicate(self), "timed out waiting for %s" % what
+                return True
+
+            def last_event_time(self, name):
+                return RESUMED_AT if name == "RESUME" else None
+
+        def launch(record, argv, log):
+            fake.launched_argv = list(argv)
+            fake.phase_at_launch = fake.journal.read(record["vm"])["phase"]
+            return Launched(pid=777, unit=None, log=log, method="fork")
+
+        def load_from(session, state_file, timeout):
+            with open(state_file, "rb") as handle:
+                fake.state_file_at_load = handle.read()
+            return {"status": fake.load_status, "error-desc": "Unknown savevm section"} if fake.load_status != "completed" \
+                else {"status": "completed"}
+
+        monkeypatch.setattr(restore, "QmpSession", Session)
+        monkeypatch.setattr(restore, "launch", launch)
+        monkeypatch.setattr(restore.migration, "set_cpr_mode", lambda session, x_ignore_shared: None)
+        monkeypatch.setattr(restore.migration, "load_from", load_from)
+        monkeypatch.setattr(restore, "process_exists", lambda pid: fake.alive)
+        return self
+
+
+def no_launch(*_args, **_kwargs):
+    pytest.fail("QEMU was started")
+
+
+# -- the state file check -------------------------------------------------------------------------------------
+def test_a_state_file_that_does_not_match_its_hash_is_refused_before_qemu_starts(journal, monkeypatch):
+    record = saved(journal, "web1")
+    with open(record["state_file"], "ab") as handle:
+        handle.write(b"bit rot")
+    monkeypatch.setattr(restore, "launch", no_launch)
+
+    with pytest.raises(RestoreError, match="does not match its journal record") as refused:
+        restore.restore_one(record, journal, keep_state=False, timeout=5)
+
+    assert refused.value.vm == "web1"
+    assert journal.read("web1")["phase"] == jr.SAVED
+    assert Path(record["state_file"]).read_bytes() == b"device statebit rot"
+
+
+def test_a_missing_state_file_is_refused(journal, monkeypatch):
+    record = saved(journal, "web1")
+    monkeypatch.setattr(restore, "launch", no_launch)
+    os.unlink(record["state_file"])
+
+    with pytest.raises(RestoreError, match="is missing"):
+        restore.restore_one(record, journal, keep_state=False, timeout=5)
+    assert journal.read("web1")["phase"] == jr.SAVED
+
+
+def test_missing_guest_ram_is_refused_only_when_the_ram_is_not_in_the_state_file(journal, tmp_path):
+    backends = [{"id": "ram0", "type": "memory-backend-file", "mem_path": str(tmp_path / "gone"), "share": True}]
+
+    with pytest.raises(RestoreError, match=r"guest RAM backing .*gone is missing"):
+        restore.verify_state_file(saved(journal, "pmem", x_ignore_shared=True, ram_backends=backends))
+
+    restore.verify_state_file(saved(journal, "inram", x_ignore_shared=False, ram_backends=backends))
+
+
+def test_is_same_vm_needs_both_name_and_socket():
+    record = {"vm": "web1", "qmp": {"path": "/run/qmp/web1.sock"}}
+    assert restore.is_same_vm(qemu("web1"), record)
+    assert not restore.is_same_vm(qemu("web2"), record)
+    other_dir = qemu("web1")
+    other_dir.qmp = QmpEndpoint("/run/other/web1.sock", "qmp")
+    assert not restore.is_same_vm(other_dir, record)
+    other_dir.qmp = None
+    assert not restore.is_same_vm(other_dir, record)
+
+
+# -- restore_one ------------------------------------------------------------------------------------------------
+def test_a_restore_journals_restoring_before_launch_and_deletes_the_state_file_only_at_the_end(journal, monkeypatch):
+    fake = FakeQemu(journal).install(monkeypatch)
+    record = saved(journal, "web1")
+
+    done = restore.restore_one(record, journal, keep_state=False, timeout=5)
+
+    assert fake.phase_at_launch == jr.RESTORING
+    assert fake.launched_argv == ["qemu", "-name", "web1", "-machine", "pc-q35-9.2", "-incoming", "defer"]
+    assert fake.state_file_at_load == b"device state"
+    assert "cont" in fake.sent  # it ran at save time, so it runs again
+    assert done["phase"] == jr.RESTORED
+    assert done["pid"] == 777
+    assert done["blackout_seconds"] == pytest.approx(RESUMED_AT - PAUSED_AT)
+    assert done["kept_state_file"] is None
+    assert journal.read("web1")["phase"] == jr.RESTORED
+    assert not os.path.exists(record["state_file"])
+
+
+def test_a_vm_paused_at_save_stays_paused_and_keep_state_keeps_the_file(journal, monkeypatch):
+    fake = FakeQemu(journal).install(monkeypatch)
+    record = saved(journal, "web1", run_state_at_save="paused")
+
+    done = restore.restore_one(record, journal, keep_state=True, timeout=5)
+
+    assert "cont" not in fake.sent
+    assert fake.status == "paused"
+    assert done["kept_state_file"] == record["state_file"]
+    assert Path(record["state_file"]).read_bytes() == b"device state"
+
+
+def test_a_failed_load_keeps_the_state_file_and_journals_the_failure_with_the_pid(journal, monkeypatch):
+    FakeQemu(journal, load_status="failed").install(monkeypatch)
+    record = saved(journal, "web1")
+
+    with pytest.raises(RestoreError, match="Unknown savevm section") as failed:
+        restore.restore_one(record, journal, keep_state=False, timeout=5)
+
+    assert "pid 777" in failed.value.fix
+    on_disk = journal.read("web1")
+    assert on_disk["phase"] == jr.RESTORE_FAILED
+    assert on_disk["pid"] == 777
+    assert "Unknown savevm section" in on_disk["error"]
+    assert Path(record["state_file"]).read_bytes() == b"device state"
+
+
+def test_a_qemu_that_dies_right_after_its_restore_keeps_the_state_file(journal, monkeypatch):
+    FakeQemu(journal, alive=False).install(monkeypatch)
+    record = saved(journal, "web1")
+
+    with pytest.raises(RestoreError, match="exited right after its restore"):
+        restore.restore_one(record, journal, keep_state=False, timeout=5)
+
+    assert Path(record["state_file"]).read_bytes() == b"device state"
+    assert journal.read("web1")["phase"] in jr.AWAITING_RESTORE
+
+
+# -- restore_host: which records are restored -----------------------------------------------------------------
+@pytest.fixture
+def host(journal, monkeypatch):
+    """restore_host with the given running QEMUs and restore_one recorded, not run."""
+    restored = []
+
+    def restore_one(record, journal_, keep_state, timeout):
+        restored.append(record["vm"])
+        return journal_.set_phase(record, jr.RESTORED)
+
+    monkeypatch.setattr(restore, "restore_one", restore_one)
+
+    def run(*running, **options):
+        monkeypatch.setattr(restore, "running_qemus", lambda: list(running))
+        result = restore.restore_host(RestoreOptions(state_dir=journal.state_dir, **options))
+        return result, restored
+    return run
+
+
+def actions(result):
+    return {vm["vm"]: vm["action"] for vm in result["vms"]}
+
+
+def test_only_saved_records_are_restored_and_the_others_are_reported(journal, host):
+    saved(journal, "web1")
+    saved(journal, "db1", phase=jr.RESTORE_FAILED)
+    saved(journal, "done", phase=jr.RESTORED)
+    saved(journal, "failed", phase=jr.SAVE_FAILED)
+
+    result, restored = host()
+
+    assert sorted(restored) == ["db1", "web1"]
+    assert actions(result) == {"web1": "restored", "db1": "restored", "done": "already_running", "failed": "not_saved"}
+    assert result["changed"] is True
+    assert all("environ" not in vm and "launch_argv" not in vm for vm in result["vms"])
+
+
+def test_an_unfinished_save_refuses_the_restore(journal, host):
+    saved(journal, "web1")
+    saved(journal, "half", phase=jr.SAVING, state_complete=False)
+
+    with pytest.raises(RestoreError, match="save was under way") as refused:
+        host()
+    assert refused.value.vm == "half"
+
+
+def test_unknown_names_are_refused_naming_what_the_journal_has(journal, host):
+    saved(journal, "web1")
+    with pytest.raises(ScopeError, match=re.escape("no record of ghost. It has: web1")):
+        host(vms=["web1", "ghost"])
+
+
+def test_a_qemu_of_the_same_vm_already_running_refuses_its_saved_record(journal, host):
+    saved(journal, "web1")
+    with pytest.raises(RestoreError, match=re.escape("already runs (pid 4242) while its journal says saved")):
+        host(qemu("web1"))
+
+
+def test_an_interrupted_restore_whose_vm_is_up_is_only_marked_restored(journal, host, monkeypatch):
+    saved(journal, "web1", phase=jr.RESTORING)
+    monkeypatch.setattr(restore, "_is_up", lambda record: True)
+
+    result, restored = host(qemu("web1", pid=99))
+
+    assert restored == []
+    assert actions(result) == {"web1": "already_running"}
+    assert journal.read("web1")["phase"] == jr.RESTORED
+    assert journal.read("web1")["pid"] == 99
+
+
+def test_check_mode_verifies_every_state_file_and_changes_nothing(journal, host):
+    saved(journal, "web1")
+    result, restored = host(check_mode=True)
+    assert restored == []
+    assert actions(result) == {"web1": "would_restore"}
+    assert journal.read("web1")["phase"] == jr.SAVED
+
+    bad = saved(journal, "db1")
+    with open(bad["state_file"], "wb") as handle:
+        handle.write(b"other")
+    with pytest.raises(RestoreError, match="does not match"):
+        host(check_mode=True)
+
+
+def test_one_failed_restore_does_not_stop_the_others_and_is_reported(journal, monkeypatch):
+    saved(journal, "a")
+    saved(journal, "b")
+    saved(journal, "c")
+
+    def restore_one(record, journal_, keep_state, timeout):
+        if record["vm"] == "b":
+            raise RestoreError("QEMU could not load the saved state: boom", vm="b")
+        return journal_.set_phase(record, jr.RESTORED)
+    monkeypatch.setattr(restore, "restore_one", restore_one)
+    monkeypatch.setattr(restore, "running_qemus", list)
+
+    with pytest.raises(RestoreError, match="1 of 3 VMs failed to restore") as failed:
+        restore.restore_host(RestoreOptions(state_dir=journal.state_dir))
+
+    assert [f["vm"] for f in failed.value.details["failures"]] == ["b"]
+    assert failed.value.details["changed"] is True
+    assert {vm["vm"] for vm in failed.value.details["vms"]} == {"a", "c"}
+    assert journal.read("b")["phase"] == jr.SAVED
