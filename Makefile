@@ -9,8 +9,11 @@ STAMP := $(VENV)/.installed
 OLDEST := .venv-oldest
 OLDEST_BIN := $(OLDEST)/bin
 OLDEST_STAMP := $(OLDEST)/.installed
+# `make test`, stage by stage, in order, each NAME:TARGET or just TARGET; tools/stage.sh times each.
+TEST_STAGES := setup lint:checks sanity venv-2.16:venv-oldest sanity-2.16:sanity-oldest pytest pytest-2.16:pytest-oldest \
+	molecule molecule-kexec
 
-.PHONY: all setup system-packages venv venv-oldest test lint ruff mypy sanity sanity-oldest pytest-oldest ansible-lint changelog-lint pytest molecule molecule-kexec demo demo-local bench ee-context clean
+.PHONY: all setup system-packages venv venv-oldest test lint checks ruff mypy sanity sanity-oldest pytest-oldest ansible-lint changelog-lint pytest molecule molecule-kexec demo demo-local bench ee-context clean
 
 all: test
 
@@ -33,9 +36,17 @@ $(OLDEST_STAMP): requirements.txt requirements-oldest.txt
 
 venv-oldest: $(OLDEST_STAMP)
 
-test: setup lint pytest pytest-oldest molecule molecule-kexec
+# Stops at the first failed stage, as before, and prints every stage's time either way.
+test:
+	@tools/stage.sh reset; rc=0; \
+	for stage in $(TEST_STAGES); do \
+	  tools/stage.sh run "$${stage%%:*}" $(MAKE) --no-print-directory $${stage#*:} || { rc=$$?; break; }; \
+	done; \
+	echo; echo "make test: stage times"; tools/stage.sh table; exit $$rc
 
-lint: ruff mypy changelog-lint ansible-lint sanity sanity-oldest
+lint: checks sanity sanity-oldest
+
+checks: ruff mypy changelog-lint ansible-lint
 
 ruff: venv
 	$(BIN)/ruff check .
