@@ -37,13 +37,14 @@ def test_functions_over_vars_and_registered_results_in_a_play():
         inventory.write_text(json.dumps({"all": {"hosts": {"localhost": {
             "ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}}))
         playbook = Path(tmp) / "query.yml"
-        playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False,
-                                             "vars": {"queries": QUERIES, "data": document}, "tasks": [
+        tasks = [
             {"ansible.builtin.command": {"argv": ["echo", "a1"]}, "register": "out", "changed_when": False},
             {"ansible.builtin.debug": {"msg": "{{ {item: data | liveupdate.cpr.json_query(queries[item])} }}"},
              "loop": sorted(QUERIES)},
             {"ansible.builtin.debug": {"msg": "{{ out | liveupdate.cpr.json_query('contains(stdout, `a`)') }}"}},
-        ]}]))
+        ]
+        playbook.write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False,
+                                             "vars": {"queries": QUERIES, "data": document}, "tasks": tasks}]))
         run = run_playbook(playbook, inventory=inventory)
     assert run.rc == 0, run.stdout
     looped, registered = run.results()[-2:]
