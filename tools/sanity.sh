@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv_python=${VENV_PYTHON:-.venv/bin/python}
+# ansible-test runs from the same venv as that Python (another ansible-core than .venv's, say)
+venv_bin=$(cd "$(dirname "$venv_python")" && pwd)
 tree=build/ansible_collections/liveupdate/cpr
 
 pip_version=$("$venv_python" - <<'PY'
@@ -29,4 +31,4 @@ git ls-files -z --cached --others --exclude-standard | grep -zv '^\.dev-collecti
   | rsync -a --from0 --files-from=- ./ "$tree/"
 cd "$tree"
 git init -q . && git add -A >/dev/null  # ansible-test lists files through git
-PATH="$(cd ../../../.. && pwd)/.venv/bin:$PATH" ansible-test sanity --python "$python_version" --requirements --color no "$@"
+PATH="$venv_bin:$PATH" ansible-test sanity --python "$python_version" --requirements --color no "$@"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Dict
 
 from ansible.errors import AnsibleFilterError
@@ -51,9 +52,28 @@ def json_query(data: Any, expr: str) -> Any:
         raise AnsibleFilterError("liveupdate.cpr.json_query needs the jmespath library on the controller: "
                                  "pip install jmespath (it is in the collection's requirements.txt)")
     try:
-        return jmespath.search(expr, data)
+        return jmespath.search(expr, _plain(data))
     except jmespath.exceptions.JMESPathError as exc:
         raise AnsibleFilterError("liveupdate.cpr.json_query: bad expression %r: %s" % (expr, exc)) from exc
+
+
+def _plain(value: Any) -> Any:
+    """The same data in built-in types.
+
+    jmespath's functions check types by class name, so Ansible's subclasses (AnsibleUnsafeText on 2.16, tagged
+    and lazy ones on 2.19) fail contains(), length() and the like as "unknown". Dropping unsafe here is safe:
+    2.16 marks the whole template's result unsafe when it read unsafe data, and 2.19 never trusts a filter's output.
+    """
+    if isinstance(value, Mapping):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, str):
+        return str.__str__(value)  # AnsibleUnsafeText.__str__ returns itself
+    for kind in (bool, int, float):  # bool first: it is an int too
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 class FilterModule:
