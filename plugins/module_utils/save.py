@@ -180,8 +180,10 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
                                state_complete=True, paused_at=paused_at,
                                save_seconds=round(jr.now() - paused_at, 6)))
             record = journal.read(vm.name) or record
-        except CprError as exc:
-            failure = exc
+        except (CprError, OSError) as exc:
+            # an I/O error on the state file after the migration must resume the VM as any other failure does
+            failure = exc if isinstance(exc, CprError) else SaveError("the state file %s: %s" % (state_file, exc),
+                                                                       vm=vm.name)
             try:
                 status = _resume_after_failure(session, record)
             except QmpError as resume_exc:

@@ -257,8 +257,6 @@ def test_a_failed_migration_resumes_the_vm_and_sets_the_partial_file_aside(journ
     assert on_disk["status_after_failure"] == "running"
 
 
-@pytest.mark.xfail(strict=True, reason="save_one only catches CprError: an OSError from fsync_path/sha256_of/getsize "
-                                       "after the migration leaves the VM paused in postmigrate and the journal at saving")
 def test_an_io_error_on_the_state_file_after_the_migration_still_resumes_the_vm(journal, monkeypatch):
     fake = FakeQemu(journal).install(monkeypatch)
     real_fsync = jr.fsync_path
