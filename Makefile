@@ -87,7 +87,7 @@ demo: setup
 
 # The first demo: a save-and-restore round trip of local VMs, no host lab (seconds, not minutes).
 demo-local: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.demo
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.local_demo
 
 # A Debian 13 control node in a chroot (tools/debian13.py): the set-up script's trixie branch, then the local fleet
 # rollout on ansible-core 2.21. The chroot is built once (7 to 8 minutes here) and cached under build/cache;

@@ -208,7 +208,7 @@ def ansible_playbook(name: str, argv: List[str]) -> str:
 
 
 def rollout() -> Dict[str, Any]:
-    from lab import fleet  # needs qemu.qmp: the chroot's venv has it, the host's system Python need not
+    from lab import local_fleet as fleet  # needs qemu.qmp: the chroot's venv has it, the host's system Python need not
 
     lab = Path(LAB)
     fleet.destroy(lab)

@@ -30,10 +30,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from lab.fleet import IndentedDumper
 from lab.host.image import HostImage, ensure_image
 from lab.host.inside import HOME as HOME_INSIDE
 from lab.host.inside import QMP_DIR as QMP_DIR_INSIDE
+from lab.local_fleet import IndentedDumper
 from lab.testvm import kill_all, qemu_available
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ import pytest
 from ansible_run import install_collection
 from awx_rules import launch_extra_vars
 
-from lab import fleet
+from lab import local_fleet as fleet
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PLAYBOOK = "playbooks/kernel-live-update.yml"

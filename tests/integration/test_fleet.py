@@ -19,7 +19,7 @@ import pytest
 from ansible_run import BIN, ROOT, run_playbook
 from helpers import qemu_pids
 
-from lab import fleet
+from lab import local_fleet as fleet
 from lab.testvm import TestVm, guest_disk, probe
 
 PLAYBOOK = ROOT / "playbooks" / "kernel-live-update.yml"

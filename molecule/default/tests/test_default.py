@@ -18,7 +18,7 @@ def fleet(host):
 def probe(host):
     """Every lab VM as seen now from outside: guest state over QMP, and the binary its QEMU runs."""
     # the lab hosts are local: the verifier's own Python (the venv with qemu.qmp) reads them
-    output = host.check_output("cd %s && %s -m lab.fleet probe --dir %s", PROJECT, sys.executable, LAB)
+    output = host.check_output("cd %s && %s -m lab.local_fleet probe --dir %s", PROJECT, sys.executable, LAB)
     return {machine["vm"]: machine for machine in json.loads(output)}
 
 

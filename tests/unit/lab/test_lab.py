@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from lab import fleet
+from lab import local_fleet as fleet
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from conftest import run_playbook
+from ansible_run import run_playbook
 
 from ansible_collections.liveupdate.cpr.plugins.filter.json_query import json_query
 

@@ -5,9 +5,9 @@ QEMU binary (build 1). A newer "package" (build 2) waits in the lab's package
 dir; the rollout installs it through liveupdate_qemu_update_command. The hosts
 are presented as an inventory with ansible_connection=local.
 
-    python -m lab.fleet create --dir /tmp/lu-fleet --hosts 6 --vms 2
-    python -m lab.fleet probe --dir /tmp/lu-fleet
-    python -m lab.fleet destroy --dir /tmp/lu-fleet
+    python -m lab.local_fleet create --dir /tmp/lu-fleet --hosts 6 --vms 2
+    python -m lab.local_fleet probe --dir /tmp/lu-fleet
+    python -m lab.local_fleet destroy --dir /tmp/lu-fleet
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class IndentedDumper(yaml.SafeDumper):
 
 def inventory_text(lab_dir: str, hosts: int, root: str = str(ROOT)) -> str:
     body = yaml.dump(inventory(lab_dir, hosts, root), Dumper=IndentedDumper, sort_keys=False, width=200)
-    return "---\n# Written by `python -m lab.fleet`.\n" + body
+    return "---\n# Written by `python -m lab.local_fleet`.\n" + body
 
 
 def probe_all(lab: Path) -> List[Dict[str, Any]]:
