@@ -6,7 +6,8 @@
 set -euo pipefail
 
 QEMU_PACKAGES=(qemu-system-x86 qemu-system-common qemu-system-data seabios qemu-utils)
-OTHER_PACKAGES=(nasm daemontools python3-venv rsync git ca-certificates mmdebstrap e2fsprogs openssh-client)
+# (shellcheck too: without it ansible-test sanity skips its shell test with only a warning)
+OTHER_PACKAGES=(nasm daemontools python3-venv rsync git ca-certificates mmdebstrap e2fsprogs openssh-client shellcheck)
 
 qemu_ok() {
   command -v qemu-system-x86_64 >/dev/null || return 1
@@ -19,7 +20,7 @@ qemu_ok() {
 others_ok() {
   command -v nasm >/dev/null && command -v supervise >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
     && command -v rsync >/dev/null && command -v mmdebstrap >/dev/null && command -v mkfs.ext4 >/dev/null \
-    && command -v ssh-keygen >/dev/null
+    && command -v ssh-keygen >/dev/null && command -v shellcheck >/dev/null
 }
 
 if qemu_ok && others_ok; then
@@ -32,6 +33,7 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO=(sudo)
 fi
 
+# shellcheck source=/dev/null  # the running system's, read at run time
 . /etc/os-release
 QEMU_SUITE=
 case "${ID:-}:${VERSION_CODENAME:-}" in
@@ -39,7 +41,7 @@ case "${ID:-}:${VERSION_CODENAME:-}" in
   debian:bookworm) QEMU_SUITE=bookworm-backports ;;
   debian:trixie) ;;  # Debian 13's own QEMU is 10.0
   *)
-    echo "install-system-packages: this script knows Debian 12 (bookworm) and 13 (trixie); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync, python3-venv, mmdebstrap, e2fsprogs and openssh-client yourself." >&2
+    echo "install-system-packages: this script knows Debian 12 (bookworm) and 13 (trixie); on ${PRETTY_NAME:-this OS} install QEMU >= 8.2, nasm, daemontools, rsync, python3-venv, mmdebstrap, e2fsprogs, openssh-client and shellcheck yourself." >&2
     exit 1 ;;
 esac
 

@@ -14,6 +14,7 @@ chroot "$root" update-initramfs -u -k all
 newer=$(chroot "$root" apt-cache depends "$LAB_NEWER_KERNEL_META" | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
 [ -n "$newer" ] || { echo "customize: no package behind $LAB_NEWER_KERNEL_META" >&2; exit 1; }
 mkdir -p "$root/srv/liveupdate-repo"
+# shellcheck disable=SC2016  # $1 is the inner shell's argument, not ours: no string is built from input
 chroot "$root" sh -c 'cd /srv/liveupdate-repo && apt-get download "$1"' sh "$newer"
 chroot "$root" sh -c 'cd /srv/liveupdate-repo && apt-ftparchive packages . >Packages'
 echo "$newer" >"$root/srv/liveupdate-repo/NEWER_KERNEL"
