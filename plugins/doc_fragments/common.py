@@ -79,3 +79,17 @@ options:
     elements: path
     default: []
 """
+
+    # the attributes of a module that only reads
+    READ_ONLY = r"""
+attributes:
+  check_mode:
+    description: Read-only; the same in check mode.
+    support: full
+  diff_mode:
+    description: No diff.
+    support: none
+  idempotent:
+    description: Changes nothing.
+    support: full
+"""

@@ -23,6 +23,7 @@ description:
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
+  - liveupdate.cpr.common.read_only
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
@@ -48,16 +49,6 @@ options:
     description: When kexec cannot be used, reboot through the firmware instead of refusing.
     type: bool
     default: false
-attributes:
-  check_mode:
-    description: Read-only; the same in check mode.
-    support: full
-  diff_mode:
-    description: No diff.
-    support: none
-  idempotent:
-    description: Changes nothing.
-    support: full
 """
 
 EXAMPLES = r"""

@@ -16,6 +16,8 @@ description:
   - Reports whether kexec can be used (kexec-tools present, C(kexec_load_disabled) off, no lockdown).
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
+extends_documentation_fragment:
+  - liveupdate.cpr.common.read_only
 options:
   version:
     description:
@@ -29,16 +31,6 @@ options:
       - An empty string value adds a bare flag; a null value removes the parameter. C(BOOT_IMAGE) is always removed.
     type: dict
     default: {}
-attributes:
-  check_mode:
-    description: Read-only; the same in check mode.
-    support: full
-  diff_mode:
-    description: No diff.
-    support: none
-  idempotent:
-    description: Changes nothing.
-    support: full
 """
 
 EXAMPLES = r"""

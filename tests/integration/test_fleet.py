@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,25 @@ from lab.testvm import TestVm, guest_disk, probe
 PLAYBOOK = ROOT / "playbooks" / "kernel-live-update.yml"
 
 
-@pytest.fixture
-def small_fleet(disk):
+@contextmanager
+def local_fleet(hosts: int, vms: int):
     lab = Path(tempfile.mkdtemp(prefix="lu-fl-", dir="/tmp"))
     try:
-        yield lab, fleet.create(lab, hosts=2, vms=1)
+        yield lab, fleet.create(lab, hosts=hosts, vms=vms)
     finally:
         fleet.destroy(lab)
+
+
+@pytest.fixture
+def small_fleet(disk):
+    with local_fleet(hosts=2, vms=1) as made:
+        yield made
+
+
+@pytest.fixture
+def three_hosts(disk):
+    with local_fleet(hosts=3, vms=1) as made:
+        yield made
 
 
 def rollout(lab: Path, **extra):
@@ -147,9 +160,7 @@ def test_stale_lock_is_explained_and_broken_only_when_named(small_fleet):
 
 def test_a_second_rollout_of_the_same_run_id_is_refused_while_the_first_holds_the_host(tmp_path):
     """Two invocations started in the same second once shared a run id, and with it the lock."""
-    lab = Path(tempfile.mkdtemp(prefix="lu-fl-", dir="/tmp"))
-    try:
-        layout = fleet.create(lab, hosts=1, vms=1)
+    with local_fleet(hosts=1, vms=1) as (lab, layout):
         same_second = {"liveupdate_run_id": "20261201T213157Z"}
         first = held_rollout(lab, tmp_path / "hold", **same_second)
         try:
@@ -174,8 +185,6 @@ def test_a_second_rollout_of_the_same_run_id_is_refused_while_the_first_holds_th
         assert not (lab / "hv1" / "state" / "rollout.lock").exists()
         state = probe(vm_of(lab, layout["vms"][0]))
         assert state.status == "running" and state.nonce == layout["vms"][0]["nonce"]
-    finally:
-        fleet.destroy(lab)
 
 
 def test_run_ids_are_unique_and_readable(small_fleet):
@@ -215,15 +224,6 @@ def test_a_host_that_fails_its_batch_preflight_releases_its_lock_and_a_plain_rer
     for machine in layout["vms"]:
         state = probe(vm_of(lab, machine))
         assert state.status == "running" and state.nonce == machine["nonce"]
-
-
-@pytest.fixture
-def three_hosts(disk):
-    lab = Path(tempfile.mkdtemp(prefix="lu-fl-", dir="/tmp"))
-    try:
-        yield lab, fleet.create(lab, hosts=3, vms=1)
-    finally:
-        fleet.destroy(lab)
 
 
 def printed_plan(run) -> list:

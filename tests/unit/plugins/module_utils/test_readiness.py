@@ -6,18 +6,15 @@ import os
 import sys
 
 import pytest
+from engine_fakes import qemu as fake_qemu
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import readiness
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, Supervisor
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
-from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import QmpEndpoint, RamBackend
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import RamBackend
 
 
 def qemu(name="web1", qmp="/run/qmp/web1.sock", ram=(), refusal=None, pid=4242, binary="/usr/bin/qemu", deleted=False):
-    return QemuProcess(pid=pid, name=name, argv=["qemu"], cwd="/", uid=0, gid=0, environ={}, binary=binary,
-                       binary_deleted=deleted, qmp=QmpEndpoint(qmp, "qmp") if qmp else None,
-                       qmp_problems=[] if qmp else ["-monitor stdio is not QMP"], ram=list(ram),
-                       supervisor=Supervisor(1, "systemd", "/", refusal=refusal))
+    return fake_qemu(name, qmp=qmp or None, ram=ram, refusal=refusal, pid=pid, binary=binary, deleted=deleted)
 
 
 class FakeQemuMonitor:

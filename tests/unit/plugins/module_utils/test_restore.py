@@ -7,13 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from engine_fakes import qemu, session_class
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import restore
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, Supervisor
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError, ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched
-from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import QmpEndpoint
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions
 
 PAUSED_AT, RESUMED_AT = 1000.0, 1000.25
@@ -40,12 +39,6 @@ def saved(journal, vm, phase=jr.SAVED, content=b"device state", **fields):
     return journal.set_phase(record, phase)
 
 
-def qemu(name, pid=4242):
-    return QemuProcess(pid=pid, name=name, argv=["qemu"], cwd="/", uid=0, gid=0, environ={}, binary="/usr/bin/qemu",
-                       binary_deleted=False, qmp=QmpEndpoint("/run/qmp/%s.sock" % name, "qmp"), qmp_problems=[], ram=[],
-                       supervisor=Supervisor(1, "systemd", "/"))
-
-
 class FakeQemu:
     """What restore_one talks to: the launcher, QMP and the migration calls, all without QEMU."""
 
@@ -62,30 +55,12 @@ class FakeQemu:
     def install(self, monkeypatch):
         fake = self
 
-        class Session:
-            def __init__(self, path, vm=None, **_kwargs):
-                self.vm = vm
+        def wait_for(_session, predicate, timeout, interval=0.02, what="condition", wake_on_events=False):
+            assert predicate(_session), "timed out waiting for %s" % what
+            return True
 
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *_exc):
-                return None
-
-            def execute(self, command, arguments=None, timeout=None):
-                fake.sent.append(command)
-                if command == "query-status":
-                    return {"status": fake.status}
-                if command == "cont":
-                    fake.status = "running"
-                return {}
-
-            def wait_for(self, predicate, timeout, interval=0.02, what="condition", wake_on_events=False):
-                assert predicate(self), "timed out waiting for %s" % what
-                return True
-
-            def last_event_time(self, name):
-                return RESUMED_AT if name == "RESUME" else None
+        session = session_class(fake, wait_for=wait_for,
+                                last_event_time=lambda _session, name: RESUMED_AT if name == "RESUME" else None)
 
         def launch(record, argv, log):
             fake.launched_argv = list(argv)
@@ -98,7 +73,7 @@ class FakeQemu:
             return {"status": fake.load_status, "error-desc": "Unknown savevm section"} if fake.load_status != "completed" \
                 else {"status": "completed"}
 
-        monkeypatch.setattr(restore, "QmpSession", Session)
+        monkeypatch.setattr(restore, "QmpSession", session)
         monkeypatch.setattr(restore, "launch", launch)
         monkeypatch.setattr(restore.migration, "set_cpr_mode", lambda session, x_ignore_shared: None)
         monkeypatch.setattr(restore.migration, "load_from", load_from)
@@ -149,7 +124,7 @@ def test_is_same_vm_needs_both_name_and_socket():
     assert restore.is_same_vm(qemu("web1"), record)
     assert not restore.is_same_vm(qemu("web2"), record)
     other_dir = qemu("web1")
-    other_dir.qmp = QmpEndpoint("/run/other/web1.sock", "qmp")
+    other_dir = qemu("web1", qmp="/run/other/web1.sock")
     assert not restore.is_same_vm(other_dir, record)
     other_dir.qmp = None
     assert not restore.is_same_vm(other_dir, record)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from engine_fakes import qemu as fake_qemu
+from engine_fakes import session_class
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import save
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, Supervisor
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import DiscoveryError, NotReadyError, SaveError
-from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import REDACTED, QmpEndpoint, RamBackend
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import REDACTED, RamBackend
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RamVerdict
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope
@@ -19,10 +20,8 @@ GiB = 1 << 30
 
 
 def qemu(name, ram=(), pid=4242):
-    return QemuProcess(pid=pid, name=name, argv=["qemu-system-x86_64", "-name", "guest=%s" % name], cwd="/", uid=0, gid=0,
-                       environ={}, binary="/usr/bin/qemu-system-x86_64", binary_deleted=False,
-                       qmp=QmpEndpoint("/run/qmp/%s.sock" % name, "qmp"), qmp_problems=[], ram=list(ram),
-                       supervisor=Supervisor(1, "systemd", "/"))
+    return fake_qemu(name, pid=pid, ram=ram, argv=["qemu-system-x86_64", "-name", "guest=%s" % name],
+                     binary="/usr/bin/qemu-system-x86_64")
 
 
 def ready(name, ram=(), mode="ignore-shared", reasons=(), fixes=()):
@@ -178,29 +177,8 @@ class FakeQemu:
     def install(self, monkeypatch):
         fake = self
 
-        class Session:
-            def __init__(self, path, vm=None, **_kwargs):
-                self.vm = vm
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *_exc):
-                return None
-
-            def execute(self, command, arguments=None, timeout=None):
-                fake.sent.append(command)
-                if command == "query-status":
-                    return {"status": fake.status}
-                if command == "cont":
-                    fake.status = "running"
-                return {}
-
-            def last_event_time(self, name):
-                return 100.0 if name == "STOP" else None
-
-            def quit(self):
-                fake.sent.append("quit")
+        session = session_class(fake, last_event_time=lambda _session, name: 100.0 if name == "STOP" else None,
+                                quit=lambda _session: fake.sent.append("quit"))
 
         def save_to(session, state_file, timeout):
             fake.phase_at_migrate = fake.journal.read(session.vm)["phase"]
@@ -209,7 +187,7 @@ class FakeQemu:
             fake.status = fake.status_after_migration
             return {"status": fake.migration_status, "error-desc": "No space left on device"}
 
-        monkeypatch.setattr(save, "QmpSession", Session)
+        monkeypatch.setattr(save, "QmpSession", session)
         monkeypatch.setattr(save.migration, "set_cpr_mode", lambda session, x_ignore_shared: fake.sent.append("cpr-mode"))
         monkeypatch.setattr(save.migration, "set_normal_mode", lambda session: fake.sent.append("normal-mode"))
         monkeypatch.setattr(save.migration, "save_to", save_to)

@@ -9,17 +9,14 @@ import socket
 import tempfile
 
 import pytest
+from engine_fakes import qemu as fake_qemu
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import scope
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, Supervisor
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError, ScopeError
-from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import QmpEndpoint
 
 
 def qemu(name, socket_path, pid=4242, secrets=()):
-    return QemuProcess(pid=pid, name=name, argv=["qemu"], cwd="/", uid=0, gid=0, environ={}, binary="/usr/bin/qemu",
-                       binary_deleted=False, qmp=QmpEndpoint(socket_path, "qmp") if socket_path else None,
-                       qmp_problems=[], ram=[], supervisor=Supervisor(1, "systemd", "/"), secrets=list(secrets))
+    return fake_qemu(name, qmp=socket_path or None, pid=pid, secrets=secrets)
 
 
 @pytest.fixture
