@@ -38,7 +38,6 @@ EXAMPLES = r"""
 - name: Show the batches
   ansible.builtin.debug:
     msg: "{{ ansible_play_hosts_all | liveupdate.cpr.batches([1, '50%'], 'sorted') }}"
-
 """
 
 RETURN = r"""

@@ -9,8 +9,8 @@ module: phase
 short_description: Mark the start or end of a rollout phase, and refresh the host's rollout lock, in one task
 version_added: 0.1.0
 description:
-  - An action plugin. It notes the controller's time of the edge in the host fact C(liveupdate_phases)
-    (C({phase: {start: EPOCH, end: EPOCH}})), and at a start it sets C(liveupdate_phase) to the phase.
+  - An action plugin. It notes the controller's time of the edge in the host fact C(liveupdate_phases), a mapping of
+    each phase to its C(start) and C(end) in epoch seconds, and at a start it sets C(liveupdate_phase) to the phase.
   - When O(lock) is given, a start also refreshes the lock's heartbeat and phase through M(liveupdate.cpr.host_lock),
     and fails when the lock is no longer this run's.
   - The marks of a host start afresh at the start of its C(preflight).
