@@ -9,8 +9,13 @@ from typing import Any, Dict, List
 
 import pytest
 import yaml
+from engine_fakes import qemu
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import host_plan
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope
 
 TABLE = yaml.safe_load((Path(__file__).parent / "host_plan_table.yml").read_text())
 RESULT_COLUMNS = ("action", "reboot")
@@ -72,3 +77,63 @@ def test_journal_state(phases_and_boots, state):
 ])
 def test_the_reboot_each_vms_ram_must_survive(action, reboot, requested, vm_method):
     assert host_plan.vm_reboot_method(host_plan.Decision(action, reboot), requested) == vm_method
+
+
+# -- plan_host: the situation gathered, the decision checked before anything is paused ---------------------------
+def kernel_facts(needed=True, usable=True, target="6.12.1-amd64", available=("6.12.1-amd64",)):
+    return {"running": "6.1.0-amd64", "target": target, "needed": needed, "boot_id": "b1", "flavour": "amd64",
+            "installed": ["6.1.0-amd64"], "available": list(available),
+            "kexec": {"usable": usable, "reasons": [] if usable else ["kernel.kexec_load_disabled is 1"]}}
+
+
+def planned(tmp_path, monkeypatch, records=(), running=(), **options):
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+    for record in records:
+        journal.write(dict(record, state_file=journal.state_path(record["vm"])))
+    kernel = kernel_facts(**options.pop("kernel", {}))
+    monkeypatch.setattr(host_plan.kn, "kernel_facts", lambda opts: kernel)
+    monkeypatch.setattr(host_plan, "select", lambda qmp_dir, vms, recs: Scope([qemu(name) for name in running]))
+    judged = []
+
+    def assess_all(vms, opts, check_outdated=False):
+        judged.append(opts.reboot_method)
+        return [Readiness(vm, ready=True, verdict=None, status="running") for vm in vms]
+    monkeypatch.setattr(host_plan.sv, "assess_all", assess_all)
+    monkeypatch.setattr(host_plan.sv, "preflight", lambda ready, journal, check_mode: None)
+    return host_plan.plan_host(host_plan.PlanOptions(state_dir=journal.state_dir, **options)), judged
+
+
+def test_a_cycle_is_planned_and_each_vm_judged_once_for_kexec(tmp_path, monkeypatch):
+    plan, judged = planned(tmp_path, monkeypatch, running=["web1"])
+    assert (plan["action"], plan["reboot_method"]) == ("cycle", "kexec")
+    assert judged == ["kexec"]
+    assert plan["plan"]["line"] == "cycle  reboot kexec  kernel 6.1.0-amd64 -> 6.12.1-amd64  VMs web1:None"
+
+
+def test_vms_saved_in_this_boot_finish_their_cycle(tmp_path, monkeypatch):
+    plan, _ = planned(tmp_path, monkeypatch, records=[{"vm": "web1", "phase": jr.SAVED, "boot_id": "b1"}])
+    assert plan["action"] == "finish_cycle" and plan["awaiting_restore"] == ["web1"]
+
+
+def test_a_running_vm_whose_save_is_unrestored_is_no_resume_but_a_conflict(tmp_path, monkeypatch):
+    with pytest.raises(NotReadyError, match="web1 run, but the journal holds their unrestored saves"):
+        planned(tmp_path, monkeypatch, running=["web1"], records=[{"vm": "web1", "phase": jr.SAVED, "boot_id": "b0"}])
+
+
+def test_kexec_unusable_without_a_fallback_is_refused_before_anything_is_paused(tmp_path, monkeypatch):
+    with pytest.raises(NotReadyError, match="nothing was paused, because: kexec cannot be used"):
+        planned(tmp_path, monkeypatch, running=["web1"], kernel={"usable": False})
+    plan, judged = planned(tmp_path, monkeypatch, running=["web1"], kernel={"usable": False},
+                           kexec_fallback_to_reboot=True)
+    assert plan["reboot_method"] == "reboot" and judged == ["reboot"], "RAM judged against the firmware reboot"
+
+
+def test_a_relaunch_judges_the_vms_without_a_reboot(tmp_path, monkeypatch):
+    plan, judged = planned(tmp_path, monkeypatch, running=["web1"], kernel={"needed": False}, update_qemu=True)
+    assert (plan["action"], plan["vm_reboot_method"]) == ("relaunch", "none") and judged == ["none"]
+
+
+def test_a_target_kernel_nobody_offers_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(NotReadyError, match=r"kernel 6\.12\.1-amd64 is neither installed nor offered"):
+        planned(tmp_path, monkeypatch, running=["web1"], kernel={"available": ()})
