@@ -156,7 +156,9 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
 
 def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journal, records: Dict[str, Dict[str, Any]],
                    scope: Scope) -> Dict[str, Any]:
-    mine = [r for name, r in records.items() if not opts.vms or name in opts.vms]
+    # the saves that wait for this host: a running VM's record is no resume (its conflict is refused below)
+    running = {vm.name for vm in scope.running}
+    mine = [r for name, r in records.items() if name not in running and (not opts.vms or name in opts.vms)]
     situation = Situation(
         journal=journal_state(mine, kernel["boot_id"]), reboot_method=opts.reboot_method, force=opts.force,
         update_kernel=opts.update_kernel, kernel_needed=kernel["needed"], update_qemu=opts.update_qemu,
