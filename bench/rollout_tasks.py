@@ -85,8 +85,8 @@ def main() -> int:
     for row in rows:
         per_host = row["per_host"]
         assert isinstance(per_host, dict)
-        lines.append("| %s | %s | %.0f s | %s |" % (row["tree"], ", ".join(str(n) for n in per_host.values()) or "-",
-                                                   row["wall"], row["rc"]))
+        counts = ", ".join(str(n) for n in per_host.values()) or "-"
+        lines.append("| %s | %s | %.0f s | %s |" % (row["tree"], counts, row["wall"], row["rc"]))
     table = "\n".join(lines) + "\n\n%d local hosts, 1 VM each, one host per batch, `liveupdate_update_qemu=true` " \
         "(the lab's QEMU package update and a relaunch on every host).\n" % HOSTS
     print(table)

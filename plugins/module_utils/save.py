@@ -182,8 +182,8 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
             record = journal.read(vm.name) or record
         except (CprError, OSError) as exc:
             # an I/O error on the state file after the migration must resume the VM as any other failure does
-            failure = exc if isinstance(exc, CprError) else SaveError("the state file %s: %s" % (state_file, exc),
-                                                                       vm=vm.name)
+            failure = exc if isinstance(exc, CprError) else SaveError(
+                "the state file %s: %s" % (state_file, exc), vm=vm.name)
             try:
                 status = _resume_after_failure(session, record)
             except QmpError as resume_exc:

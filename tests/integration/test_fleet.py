@@ -78,8 +78,7 @@ def wait_for_lock(lock: Path, phase: str, timeout: float = 120.0) -> dict:
 def release(fifo: Path, process: subprocess.Popen) -> str:
     with open(fifo, "w"):
         pass  # the writer's close gives every reader EOF
-    output, _ = process.communicate(timeout=300)
-    return output
+    return process.communicate(timeout=300)[0]
 
 
 def disk_image() -> Path:
@@ -171,7 +170,7 @@ def test_a_second_rollout_of_the_same_run_id_is_refused_while_the_first_holds_th
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"))
             try:
-                second_output, _ = second.communicate(timeout=180)
+                second_output = second.communicate(timeout=180)[0]
             except subprocess.TimeoutExpired:
                 second.kill()
                 second_output = "(still running: it did not stop at the lock)\n" + second.communicate()[0]
@@ -188,9 +187,9 @@ def test_a_second_rollout_of_the_same_run_id_is_refused_while_the_first_holds_th
 
 
 def test_run_ids_are_unique_and_readable(small_fleet):
-    lab, _ = small_fleet
+    lab = small_fleet[0]
     ids = set()
-    for _ in range(2):
+    for _run in range(2):
         run = rollout(lab, liveupdate_hosts="hv1")
         assert run.rc == 0, run.stdout[-3000:]
         ids.add(json.loads((lab / "reports" / "latest.json").read_text())["run"]["run_id"])
@@ -231,7 +230,7 @@ def printed_plan(run) -> list:
 
 
 def test_the_printed_plan_follows_the_rollout_order_and_shuffle_is_refused(three_hosts):
-    lab, _ = three_hosts
+    lab = three_hosts[0]
     prepared = run_playbook(ROOT / "playbooks" / "prepare-hosts.yml", inventory=lab / "inventory.yml")
     assert prepared.rc == 0, prepared.stdout[-3000:]
     for order, first in [("reverse_inventory", "hv3"), ("sorted", "hv1"), ("reverse_sorted", "hv3")]:

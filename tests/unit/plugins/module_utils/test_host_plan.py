@@ -112,7 +112,7 @@ def test_a_cycle_is_planned_and_each_vm_judged_once_for_kexec(tmp_path, monkeypa
 
 
 def test_vms_saved_in_this_boot_finish_their_cycle(tmp_path, monkeypatch):
-    plan, _ = planned(tmp_path, monkeypatch, records=[{"vm": "web1", "phase": jr.SAVED, "boot_id": "b1"}])
+    plan = planned(tmp_path, monkeypatch, records=[{"vm": "web1", "phase": jr.SAVED, "boot_id": "b1"}])[0]
     assert plan["action"] == "finish_cycle" and plan["awaiting_restore"] == ["web1"]
 
 

@@ -61,7 +61,7 @@ def test_a_save_migrates_to_the_file_and_waits_on_events_for_the_end(session_of)
     session = session_of("setup", "active", "device", "completed")
     assert migration.save_to(session, "/var/lib/liveupdate-cpr/vm1.state", 60) == {"status": "completed"}
     assert session.sent[0] == ("migrate", {"uri": "file:/var/lib/liveupdate-cpr/vm1.state"})
-    assert [command for command, _ in session.sent[1:]] == ["query-migrate"] * 4
+    assert [sent[0] for sent in session.sent[1:]] == ["query-migrate"] * 4
     assert session.pauses == [migration.RECHECK_SECONDS] * 3, "each pause is a wait for QEMU's next event"
 
 
