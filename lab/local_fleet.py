@@ -26,7 +26,7 @@ from typing import Any, Dict, List
 
 import yaml
 
-from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available
+from lab.testvm import LAB_GUEST_HZ, TestVm, guest_disk, kill_all, probe, qemu_available
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_MARK = b"\0liveupdate-lab-build-%d\0"
@@ -42,7 +42,7 @@ def _build(source: str, dest: Path, build: int) -> None:
 def create(lab: Path, hosts: int, vms: int) -> Dict[str, Any]:
     qemu = qemu_available()
     lab.mkdir(parents=True, exist_ok=True)
-    disk = guest_disk(ROOT / "build" / "cache")
+    disk = guest_disk(ROOT / "build" / "cache", hz=LAB_GUEST_HZ)
     package = lab / "packages" / "qemu-system-x86_64"
     _build(qemu, package, 2)
     machines: List[Dict[str, Any]] = []

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from lab.testvm import guest_disk
+from lab.testvm import LAB_GUEST_HZ, guest_disk
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "cache"
@@ -44,9 +44,6 @@ DPKG_EXCLUDES = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/local
                  "path-include=/usr/share/locale/locale.alias", "path-exclude=/usr/share/doc/*",
                  "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/info/*"]
 IMAGE_SIZE = "2G"
-# The nested guests tick at 20 Hz (the PIT cannot go below about 18 Hz): at 100 Hz two of them take most
-# of a TCG host's two vCPUs.
-GUEST_HZ = 20
 BUILD_TIMEOUT = 1800
 
 
@@ -104,7 +101,7 @@ def mmdebstrap(suite: str, rootfs: Path, mirrors: List[str], include: List[str],
 
 def ensure_image(cache: Path = CACHE) -> HostImage:
     key_file = ssh_key(cache)
-    guest = guest_disk(cache, hz=GUEST_HZ)
+    guest = guest_disk(cache, hz=LAB_GUEST_HZ)
     home = cache / ("lab-host-image-" + image_key(key_file.with_suffix(".pub").read_bytes(), guest.read_bytes()))
     manifest = home / "image.json"
     if manifest.exists():

@@ -146,7 +146,9 @@ def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, A
 
 
 def plan_host(opts: PlanOptions) -> Dict[str, Any]:
-    kernel = kn.kernel_facts(kn.KernelOptions(version=opts.kernel_version))
+    # without a kernel to install, an installed kernel can still be the target of a forced cycle: no need to ask
+    # the package manager
+    kernel = kn.kernel_facts(kn.KernelOptions(version=opts.kernel_version, offered=opts.update_kernel))
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)

@@ -24,6 +24,9 @@ DEBIAN_SKIP = ("-unsigned", "-dbg")
 class KernelOptions:
     version: str = ""
     cmdline_overrides: Optional[Dict[str, Any]] = None
+    # whether to ask the package manager what it offers: seconds on a host with large package lists, and moot when
+    # no kernel will be installed
+    offered: bool = True
     check_mode: bool = False
 
 
@@ -125,7 +128,7 @@ def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
     os_family = family()
     flavour = flavour_of(running)
     installed = installed_kernels()
-    available = available_kernels(os_family, flavour)
+    available = available_kernels(os_family, flavour) if opts.offered else []
     candidates = sorted(set(of_flavour(installed, flavour)) | set(available), key=version_key)
     newest = candidates[-1] if candidates else running
     target = opts.version or newest

@@ -53,3 +53,12 @@ def test_target_kernel_keeps_the_running_flavour(monkeypatch, running, installed
     assert facts["target"] == target
     assert kernel.flavour_of(facts["target"]) == kernel.flavour_of(running)
     assert facts["needed"] == (target != running)
+
+
+def test_the_package_manager_is_not_asked_when_no_kernel_will_be_installed(monkeypatch):
+    monkeypatch.setattr(kernel.os, "uname", lambda: SimpleNamespace(release="6.1.0-28-amd64"))
+    monkeypatch.setattr(kernel, "family", lambda: "debian")
+    monkeypatch.setattr(kernel, "installed_kernels", lambda: ["6.1.0-28-amd64", "6.1.0-30-amd64"])
+    monkeypatch.setattr(kernel, "_run", lambda argv: pytest.fail("asked %s" % argv))
+    facts = kernel.kernel_facts(kernel.KernelOptions(offered=False))
+    assert facts["available"] == [] and facts["target"] == "6.1.0-30-amd64", "an installed kernel is still a target"
