@@ -67,11 +67,11 @@ def test_the_artifact_holds_what_the_playbooks_need_and_no_development_files(ins
     for needed in ["playbooks/vars/rollout.yml", "playbooks/awx/surveys/rollout.json", "meta/runtime.yml",
                    "requirements.txt", "bindep.txt", "meta/execution-environment.yml"]:
         assert (collection / needed).is_file(), needed
-    for kind in ["roles", "plugins/modules", "plugins/module_utils", "plugins/filter"]:
+    for kind in ["roles", "plugins/modules", "plugins/module_utils", "plugins/filter", "plugins/action"]:
         shipped = tree(collection / kind)
         assert shipped and shipped == [name for name in tree(ROOT / kind) if "__pycache__" not in name], kind
-    for left_out in ["tests", "lab", "molecule", "bench", "docs", ".venv", ".dev-collections", "build", "reports",
-                     "Makefile", "ansible.cfg", "tools"]:
+    for left_out in ["tests", "lab", "molecule", "bench", "docs", ".venv", ".venv-oldest", ".dev-collections", "build",
+                     "reports", "Makefile", "ansible.cfg", "tools", "requirements-dev.txt", "requirements-oldest.txt"]:
         assert not (collection / left_out).exists(), "build_ignore leaves out %s" % left_out
 
 
