@@ -75,6 +75,8 @@ def inventory(lab_dir: str, hosts: int, root: str = str(ROOT)) -> Dict[str, Any]
         "liveupdate_update_kernel": False,
         "liveupdate_update_qemu": True,
         "liveupdate_prepare_packages": False,
+        # the hosts share this machine and never reboot: no boot unit of theirs belongs in its systemd
+        "liveupdate_restore_at_boot": False,
         # the lab's "package update", through the variable an operator would use for a custom build
         "liveupdate_qemu_update_command": ["{{ ansible_playbook_python }}", root + "/lab/update_qemu.py",
                                            "%s/packages/qemu-system-x86_64" % lab_dir, home + "/bin/qemu-system-x86_64"],

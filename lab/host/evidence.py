@@ -10,7 +10,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+# the lab reads the report with the collection's own code (tests and molecule put it on sys.path already)
+sys.path.append(str(Path(__file__).resolve().parents[2] / ".dev-collections"))
+from ansible_collections.liveupdate.cpr.plugins.module_utils.report import reboot_timeline
+
+timeline = reboot_timeline  # the lab's name for it: make demo's summary prints it
 
 # The guest's CMOS clock counts whole seconds, and QEMU starts it up to a second behind the host's clock.
 STALL_TOLERANCE_SECONDS = 2.0
@@ -32,17 +40,24 @@ def guest_verdict(before: Dict[str, Any], now: Optional[Dict[str, Any]]) -> Dict
 
 
 def blackout_split(host_report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Each VM's blackout (QEMU's STOP to RESUME), split into the host's reboot and what our tooling adds.
+    """Each VM's blackout (QEMU's STOP to RESUME), split into the host's part and ours.
 
-    The reboot is the jump into the new kernel until SSH answered, on the host's clock; the rest of the
-    blackout is ours: saving the VMs after the first pause, Ansible reconnecting, restoring."""
+    The host's part runs from the jump into the new kernel until the restore unit started (systemd's own
+    ExecMainStartTimestamp), for a VM the boot unit restored; for a VM Ansible restored, until a real SSH command
+    answered. The rest is ours: saving after the first pause, and from that moment to the VM's RESUME.
+    The jump is on the old boot's clock, the rest on the new boot's, which starts from the RTC in whole seconds:
+    a figure that spans the jump is good to about 1 s. `after_start` (that moment to RESUME) is on one clock."""
     reboot = host_report.get("reboot") or {}
-    reboot_seconds = (float(reboot["answered_at"]) - float(reboot["jumped_at"])) if reboot else None
     rows = []
     for vm in host_report.get("vms", []):
         blackout = vm.get("blackout_seconds")
-        tooling = None if blackout is None or reboot_seconds is None else float(blackout) - reboot_seconds
-        rows.append({"vm": vm["vm"], "blackout": blackout, "reboot": reboot_seconds, "tooling": tooling,
+        by_unit = vm.get("restored_by") == "boot unit" and float(reboot.get("unit_started_at") or 0) > 0
+        end = reboot.get("unit_started_at") if by_unit else reboot.get("answered_at")
+        host_part = float(end) - float(reboot["jumped_at"]) if reboot and end else None
+        tooling = None if blackout is None or host_part is None else float(blackout) - host_part
+        after_start = (float(vm["resumed_at"]) - float(end)) if end and vm.get("resumed_at") else None
+        rows.append({"vm": vm["vm"], "blackout": blackout, "reboot": host_part, "tooling": tooling,
+                     "after_start": after_start, "restored_by": vm.get("restored_by"),
                      "state_size": vm.get("state_size"), "mode": vm.get("mode")})
     return rows
 

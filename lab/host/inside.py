@@ -3,6 +3,8 @@
     python3 inside.py pmem                          # /dev/dax0.0 on the host's pmem region
     python3 inside.py start --host hv1 --vms 2      # nested test guests with RAM on it
     python3 inside.py probe                         # each nested guest's state, as JSON
+    python3 inside.py start --host hv3 --vms 1 --first 3 --client-socket /var/lib/liveupdate-lab/peer.sock
+                                                    # one more guest, a client of a socket that only this boot serves
 
 Standard library only: it runs before host_prepare has installed anything.
 """
@@ -46,7 +48,7 @@ def pmem() -> Dict[str, Any]:
         return {"device": DAX, "size": int(size.read())}
 
 
-def vm_argv(name: str, ram_mb: int, ram: str, offset_mb: int) -> List[str]:
+def vm_argv(name: str, ram_mb: int, ram: str, offset_mb: int, client_socket: str = "") -> List[str]:
     if ram == "dax":
         backend = "memory-backend-file,id=ram0,size=%dM,mem-path=%s,share=on,align=2M,offset=%dM" % (
             ram_mb, DAX, offset_mb)
@@ -56,7 +58,24 @@ def vm_argv(name: str, ram_mb: int, ram: str, offset_mb: int) -> List[str]:
             "-m", "%dM" % ram_mb, "-nodefaults", "-display", "none",
             "-drive", "file=%s/vms/%s.img,format=raw,if=ide" % (HOME, name),
             "-object", backend, "-machine", "memory-backend=ram0",
-            "-qmp", "unix:%s/%s.qmp,server=on,wait=off" % (QMP_DIR, name)]
+            "-qmp", "unix:%s/%s.qmp,server=on,wait=off" % (QMP_DIR, name)] + (
+                ["-chardev", "socket,id=peer,path=%s" % client_socket] if client_socket else [])
+
+
+def serve_socket(path: str) -> None:
+    """A listener at ``path`` for this boot only: its socket file stays on disk after a reboot, refusing connections,
+    so a guest that connects to it as a client starts now and cannot be restarted after the reboot."""
+    if os.path.exists(path):
+        os.unlink(path)
+    code = ("import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(8)\n"
+            "held = []\nwhile True:\n    held.append(s.accept()[0])\n")
+    subprocess.run(["systemd-run", "--unit", "lab-peer-socket", "--collect", "--quiet", "--", sys.executable, "-c", code,
+                    path], check=True, timeout=30)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit("no listener at %s" % path)
+        time.sleep(0.1)
 
 
 def zero_dax_range(offset_mb: int, size_mb: int) -> None:
@@ -69,18 +88,21 @@ def zero_dax_range(offset_mb: int, size_mb: int) -> None:
         os.close(fd)
 
 
-def start(host: str, vms: int, ram_mb: int, shm: List[str]) -> List[Dict[str, Any]]:
+def start(host: str, vms: int, ram_mb: int, shm: List[str], first: int = 1, client_socket: str = ""
+          ) -> List[Dict[str, Any]]:
     os.makedirs(QMP_DIR, mode=0o700, exist_ok=True)
     os.makedirs(HOME + "/vms", mode=0o700, exist_ok=True)
+    if client_socket:
+        serve_socket(client_socket)
     started = []
-    for index in range(vms):
+    for index in range(first - 1, first - 1 + vms):
         name = "%s-vm%d" % (host, index + 1)
         shutil.copyfile(GUEST_DISK, "%s/vms/%s.img" % (HOME, name))
         if name not in shm:
             zero_dax_range(index * ram_mb, ram_mb)
         # a transient unit without Restart=, as a hypervisor manager without libvirt would start it
         subprocess.run(["systemd-run", "--unit", "lab-" + name, "--collect", "--quiet", "--property=Type=exec", "--"]
-                       + vm_argv(name, ram_mb, "shm" if name in shm else "dax", index * ram_mb),
+                       + vm_argv(name, ram_mb, "shm" if name in shm else "dax", index * ram_mb, client_socket),
                        check=True, timeout=30)
         started.append(name)
     return [wait_booted(name) for name in started]
@@ -116,11 +138,13 @@ def main() -> int:
     parser.add_argument("--vms", type=int, default=2)
     parser.add_argument("--ram-mb", type=int, default=16)
     parser.add_argument("--shm", action="append", default=[], help="VM names whose RAM goes on tmpfs")
+    parser.add_argument("--first", type=int, default=1, help="the number of the first VM (its pmem range follows)")
+    parser.add_argument("--client-socket", default="", help="serve this socket now, and make the VMs its clients")
     args = parser.parse_args()
     if args.action == "pmem":
         result: Any = pmem()
     elif args.action == "start":
-        result = start(args.host, args.vms, args.ram_mb, args.shm)
+        result = start(args.host, args.vms, args.ram_mb, args.shm, args.first, args.client_socket)
     else:
         result = probe()
     json.dump(result, sys.stdout)

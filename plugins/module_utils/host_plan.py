@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel as kn
 from ansible_collections.liveupdate.cpr.plugins.module_utils import save as sv
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError, carrying
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError, RestoreError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.host_info import info_of
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import check_ram_survived
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
 
 # cycle: stage, save, reboot, restore. finish_cycle: an earlier run saved the VMs in this boot and stopped
@@ -101,6 +103,8 @@ class PlanOptions:
     update_qemu: bool = False
     force: bool = False
     kexec_fallback_to_reboot: bool = False
+    restore_at_boot: bool = True
+    venv: str = boot_restore.DEFAULT_VENV
     check_mode: bool = False
 
     def save_options(self, reboot_method: str) -> sv.SaveOptions:
@@ -132,17 +136,36 @@ def refusals(decision: Decision, kernel: Mapping[str, Any], opts: PlanOptions) -
     return problems
 
 
-def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, Any]) -> Dict[str, Any]:
+def lost_ram(records: Sequence[Dict[str, Any]], state_dir: str) -> List[str]:
+    """The saves that wait for a restore this boot may not do: their RAM may be gone (restore.check_ram_survived)."""
+    waiting = [r for r in records if r.get("phase") in jr.AWAITING_RESTORE]
+    if not waiting:
+        return []
+    proof, boot = boot_token.prove(state_dir), jr.boot_id()
+    problems = []
+    for record in waiting:
+        try:
+            check_ram_survived(record, proof, boot)
+        except RestoreError as exc:
+            problems.append("%s: %s To fix: %s" % (record["vm"], exc.message, exc.fix))
+    return problems
+
+
+def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, Any],
+             unit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     target = " -> %s" % kernel["target"] if decision.action in REBOOTING and kernel["target"] != kernel["running"] else ""
     vms = [{"vm": vm["name"], "mode": (vm.get("ram") or {}).get("mode"), "policy": (vm.get("ram") or {}).get("policy"),
             "blockers": vm["blockers"], "outdated": vm["outdated"]} for vm in info["vms"]]
     waiting = "  awaiting restore: %s" % ",".join(info["awaiting_restore"]) if info["awaiting_restore"] else ""
-    line = "%s  reboot %s  kernel %s%s  VMs %s%s" % (
+    at_boot = ""
+    if unit is not None:
+        at_boot = "  restore at boot: %s" % (unit["reason"] if unit["active"] else "off (%s)" % unit["reason"])
+    line = "%s  reboot %s  kernel %s%s  VMs %s%s%s" % (
         decision.action, decision.reboot, kernel["running"], target,
-        " ".join("%s:%s" % (vm["vm"], vm["mode"]) for vm in vms) or "-", waiting)
+        " ".join("%s:%s" % (vm["vm"], vm["mode"]) for vm in vms) or "-", waiting, at_boot)
     return {"action": decision.action, "reboot_method": decision.reboot,
             "kernel": "%s%s" % (kernel["running"], target), "vms": vms,
-            "awaiting_restore": info["awaiting_restore"], "line": line}
+            "awaiting_restore": info["awaiting_restore"], "restore_at_boot": unit, "line": line}
 
 
 def plan_host(opts: PlanOptions) -> Dict[str, Any]:
@@ -173,7 +196,7 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
     if method != guess:
         assessed = sv.assess_all(scope.running, opts.save_options(method), check_outdated=True)
     info = info_of(assessed, records, scope, opts.vms)
-    problems = refusals(decision, kernel, opts)
+    problems = refusals(decision, kernel, opts) + lost_ram(mine, opts.state_dir)
     if problems:
         raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems), action=decision.action)
     if decision.action in SAVING:
@@ -181,5 +204,9 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
         sv.check_state_dir(journal, True)
         sv.check_running(scope.by_name(), records, journal)
         sv.preflight(assessed, journal, True)
+    # only a kexec carries the token the unit restores on
+    unit = boot_restore.status(boot_restore.UnitOptions(venv=opts.venv, state_dir=opts.state_dir,
+                                                        restore_at_boot=opts.restore_at_boot)) \
+        if decision.action in REBOOTING and decision.reboot == "kexec" else None
     return dict(info, action=decision.action, reboot_method=decision.reboot, vm_reboot_method=method,
-                kernel=kernel, plan=plan_row(decision, kernel, info), situation=asdict(situation))
+                kernel=kernel, plan=plan_row(decision, kernel, info, unit), situation=asdict(situation))

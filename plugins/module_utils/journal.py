@@ -9,15 +9,18 @@ and the phase needed to bring the VM back are on disk.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import stat
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import JournalError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import wait_until
 
 DEFAULT_STATE_DIR = "/var/lib/liveupdate-cpr"
 SCHEMA = 1
@@ -27,6 +30,8 @@ RESTORING, RESTORED, RESTORE_FAILED = "restoring", "restored", "restore_failed"
 AWAITING_RESTORE = (SAVED, RESTORING, RESTORE_FAILED)
 RECORD_SUFFIX = ".json"
 STATE_SUFFIX = ".state"
+# Held by whoever restores this host's VMs: the boot unit and vm_restore never load the same VM twice.
+RESTORE_LOCK = ".restore.lock"
 
 
 def now() -> float:
@@ -56,6 +61,23 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_json(path: str, data: Dict[str, Any]) -> None:
+    """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync of the dir), mode 0600."""
+    directory = os.path.dirname(path)
+    fd, temp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temp, path)
+        fsync_path(directory)
+    except OSError:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
 
 
 class Journal:
@@ -119,20 +141,33 @@ class Journal:
         record["schema"] = SCHEMA
         record["updated_at"] = now()
         path = self.record_path(record["vm"])
-        fd, temp = tempfile.mkstemp(dir=self.state_dir, prefix="." + record["vm"] + ".", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(record, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.rename(temp, path)
-            fsync_path(self.state_dir)
+            write_json(path, record)
         except OSError as exc:
-            if os.path.exists(temp):
-                os.unlink(temp)
             raise JournalError("cannot write journal record %s: %s." % (path, exc.strerror or exc),
                                vm=record["vm"], fix="free space in the state dir or choose another one.") from exc
         return record
+
+    @contextlib.contextmanager
+    def restore_lock(self, timeout: float) -> Iterator[None]:
+        """Exclusive over this host's restores, waited for at most ``timeout`` s; released when its process dies."""
+        path = os.path.join(self.state_dir, RESTORE_LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            def taken() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+            if not wait_until(taken, timeout, 0.1):
+                raise JournalError("another restore of this host's VMs (the boot unit or a vm_restore) still runs "
+                                   "after %d s." % timeout,
+                                   fix="wait for it (journalctl -u liveupdate-cpr-restore.service shows the boot unit's "
+                                       "progress), then run vm_restore again.")
+            yield
+        finally:
+            os.close(fd)
 
     def set_phase(self, record: Dict[str, Any], phase: str, **fields: Any) -> Dict[str, Any]:
         record["phase"] = phase

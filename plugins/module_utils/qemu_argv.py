@@ -10,6 +10,7 @@ here, every other option takes one. Option values are QEMU's key=value lists
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -315,3 +316,40 @@ def pin_machine_type(argv: Sequence[str], resolved: str) -> List[str]:
     pairs = [(k, resolved if k == "type" else v) for k, v in split_keyval(last.value, "type")]
     out[last.index + 1] = join_keyval(pairs, "type")
     return out
+
+
+# -- what a restart needs of its host ---------------------------------------
+PATH_KEYS = {"drive": ("file",), "blockdev": ("filename",), "chardev": ("path",)}
+PATH_OPTIONS = ("kernel", "initrd", "bios")
+
+
+def host_resources(argv: Sequence[str], cwd: str = "/") -> List[Tuple[str, str]]:
+    """What QEMU will open on the host and that may appear late in a boot: ("path", file) and ("interface", bridge).
+
+    Images and firmware (-drive file=, -blockdev filename=, -kernel...), sockets QEMU connects to as a client
+    (-chardev socket,path= without server=on: vhost-user, swtpm), and the bridges a -netdev bridge or tap
+    helper joins. Paths QEMU creates itself (its own server sockets, a tap it makes) are left out."""
+    found: List[Tuple[str, str]] = []
+
+    def add_path(path: str) -> None:
+        if path and ":" not in path.split("/", 1)[0]:  # not a protocol (nbd:, iscsi:, https:)
+            found.append(("path", os.path.normpath(os.path.join(cwd, path))))
+
+    for option in parse_options(argv):
+        if option.value is None:
+            continue
+        if option.name in PATH_OPTIONS:
+            add_path(option.value)
+            continue
+        pairs = dict(parse_object(option.value) if option.name == "blockdev" else
+                     split_keyval(option.value, "backend" if option.name in ("chardev", "netdev", "nic") else None))
+        if option.name == "chardev" and (pairs.get("backend") != "socket" or is_on(pairs.get("server", "off"))):
+            continue
+        nested = pairs.get("file")  # a JSON -blockdev's protocol node
+        for key in PATH_KEYS.get(option.name, ()):
+            for where in (pairs, nested if isinstance(nested, dict) else {}):
+                if isinstance(where.get(key), str):
+                    add_path(where[key])
+        if option.name in ("netdev", "nic") and (pairs.get("backend") == "bridge" or "br" in pairs):
+            found.append(("interface", str(pairs.get("br") or "br0")))
+    return list(dict.fromkeys(found))

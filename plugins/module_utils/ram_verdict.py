@@ -152,6 +152,33 @@ def judge(vm: str, backends: Sequence[RamBackend], reboot_method: str, policy: s
     return RamVerdict(reboot_method, policy, MODE_IGNORE_SHARED, False, verdicts, reasons)
 
 
+# What a VM's restore asks of the boot it comes back in, recorded with its save (the journal's ram_survives).
+SURVIVES_IN_STATE_FILE = "state_file"   # RAM is in the state file: any boot will do
+SURVIVES_POWER_CYCLE = "power_cycle"    # an NVDIMM or declared-persistent RAM: any boot will do
+SURVIVES_KEXEC = "kexec"                # memmap= RAM: only the planned kexec (boot_token) keeps it
+SURVIVES_RESTART = "restart"            # only a QEMU restart in the same boot keeps it
+NEEDS_NO_PROOF = (SURVIVES_IN_STATE_FILE, SURVIVES_POWER_CYCLE)
+
+
+def survival(vm: str, verdict: RamVerdict, backends: Sequence[RamBackend], persistent_paths: Sequence[str] = (),
+             mounts: Optional[Sequence[Mount]] = None) -> str:
+    """Which boots keep this VM's skipped RAM: one of the SURVIVES_* values."""
+    if not verdict.x_ignore_shared:
+        return SURVIVES_IN_STATE_FILE
+    if judge(vm, backends, "reboot", "fail", persistent_paths, mounts).ok:
+        return SURVIVES_POWER_CYCLE
+    return SURVIVES_KEXEC if verdict.reboot_method == "kexec" else SURVIVES_RESTART
+
+
+def recorded_survival(record: Dict[str, Any]) -> str:
+    """A journal record's ram_survives; a record written before it was recorded is judged by its reboot method."""
+    if record.get("ram_survives"):
+        return str(record["ram_survives"])
+    if not record.get("x_ignore_shared"):
+        return SURVIVES_IN_STATE_FILE
+    return {"reboot": SURVIVES_POWER_CYCLE, "kexec": SURVIVES_KEXEC}.get(str(record.get("reboot_method")), SURVIVES_RESTART)
+
+
 def overlapping_ranges(vms: Dict[str, Sequence[RamBackend]]) -> List[str]:
     """Shared-file RAM of two VMs that covers the same bytes of one file or device."""
     ranges: List[Tuple[str, int, int, str, str]] = []

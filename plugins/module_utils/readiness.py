@@ -33,6 +33,7 @@ class Readiness:
     machine_type: Optional[str] = None
     blockers: List[str] = field(default_factory=list)
     verdict: Optional[ram_verdict.RamVerdict] = None
+    ram_survives: Optional[str] = None
     outdated: Optional[str] = None
 
     def as_dict(self) -> Dict[str, Any]:
@@ -102,6 +103,7 @@ def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: S
         result.reasons.append("supervised: %s; our quit would be undone behind our back" % vm.supervisor.refusal)
         result.fixes.append("run %s outside its supervisor (or with restarts off), or leave it out with vms" % vm.name)
     result.verdict = ram_verdict.judge(vm.name, vm.ram, reboot_method, policy, persistent_paths, mounts)
+    result.ram_survives = ram_verdict.survival(vm.name, result.verdict, vm.ram, persistent_paths, mounts)
     if not result.verdict.ok:
         result.reasons.extend("RAM would be lost: %s" % reason for reason in result.verdict.reasons)
         result.fixes.append(ram_verdict.FIX_RAM % {"vm": vm.name})

@@ -49,7 +49,26 @@ def table(hosts: Sequence[Dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    timelines = ["%s: %s" % (host.get("host", "?"), ", ".join("%s +%.1f s" % event for event in reboot_timeline(host)))
+                 for host in hosts if reboot_timeline(host)]
+    if timelines:
+        lines += ["", "Reboot timeline, seconds after the jump (the host's clocks; across the jump +-1 s):"] + timelines
     return "\n".join(lines)
+
+
+def reboot_timeline(host_report: Dict[str, Any]) -> List[Tuple[str, float]]:
+    """The host's reboot as (event, seconds after the jump): the new kernel, the restore unit, each VM's RESUME,
+    sshd ready, Ansible's reconnect. Seconds after the jump span two boots' clocks: about 1 s."""
+    reboot = host_report.get("reboot") or {}
+    if not reboot.get("jumped_at"):
+        return []
+    jumped = float(reboot["jumped_at"])
+    events = [("new kernel", reboot.get("booted_at")), ("restore unit start", reboot.get("unit_started_at")),
+              ("sshd ready", reboot.get("sshd_ready_at")), ("Ansible reconnected", reboot.get("answered_at"))]
+    events += [("%s RESUME (%s)" % (vm["vm"], vm.get("restored_by") or "?"), vm.get("resumed_at"))
+               for vm in host_report.get("vms", [])]
+    return sorted(((name, float(at) - jumped) for name, at in events if at and float(at) > 0),
+                  key=lambda event: event[1])
 
 
 def _span(hosts: Sequence[Dict[str, Any]]) -> Tuple[float, float]:

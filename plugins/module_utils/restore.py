@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
     QemuProcess,
@@ -31,6 +31,8 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import secrets_of
 
 RUN_STATES_AFTER_LOAD = ("running", "paused")
+RESTORED_BY_ANSIBLE = "ansible"
+RESTORED_BY_BOOT_UNIT = "boot unit"
 
 
 @dataclass
@@ -40,6 +42,25 @@ class RestoreOptions:
     keep_state: bool = False
     timeout: float = 600.0
     check_mode: bool = False
+    restored_by: str = RESTORED_BY_ANSIBLE
+
+
+def check_ram_survived(record: Dict[str, Any], proof: boot_token.BootProof, boot: str) -> None:
+    """Refuse to resume a guest from RAM that this boot may have wiped."""
+    needs = ram_verdict.recorded_survival(record)
+    if needs in ram_verdict.NEEDS_NO_PROOF or record.get("boot_id") == boot:
+        return
+    if needs == ram_verdict.SURVIVES_KEXEC and proof.planned:
+        return
+    kept = "only a kexec" if needs == ram_verdict.SURVIVES_KEXEC else "only a QEMU restart without a reboot"
+    raise RestoreError(
+        "its RAM (%s) survives %s, and this boot is not the planned kexec: %s. Its RAM may be lost, so QEMU was not "
+        "started; the state file and journal are kept." % (
+            ", ".join(str(b.get("mem_path")) for b in record.get("ram_backends", []) if b.get("mem_path")) or "shared",
+            kept, proof.reason), vm=record["vm"],
+        fix="if the host crashed or was power-cycled, the guest's memory is gone: a cold boot of the guest is the "
+            "operator's call (its disks are as it left them); then move %s.json and %s.state out of the state dir. "
+            "Never restore it from this state file." % (record["vm"], record["vm"]))
 
 
 def verify_state_file(record: Dict[str, Any]) -> None:
@@ -80,7 +101,8 @@ def _quit_failed_incoming(record: Dict[str, Any]) -> None:
             wait_gone(vm.pid, 30)
 
 
-def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, timeout: float) -> Dict[str, Any]:
+def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, timeout: float,
+                restored_by: str = RESTORED_BY_ANSIBLE) -> Dict[str, Any]:
     verify_state_file(record)
     if record.get("phase") == jr.RESTORE_FAILED:
         _quit_failed_incoming(record)
@@ -114,11 +136,20 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
         os.unlink(record["state_file"])
     paused_at = record.get("paused_at") or resumed_at
     return journal.set_phase(record, jr.RESTORED, pid=started.pid, launch=started.as_dict(), resumed_at=resumed_at,
-                             blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept)
+                             blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept,
+                             restored_by=restored_by, restored_boot_id=jr.boot_id())
 
 
 def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
+    if opts.check_mode or not os.path.isdir(journal.state_dir):
+        return _restore_unlocked(opts, journal)
+    # the boot unit may be restoring right now: wait for it, then see what it left
+    with journal.restore_lock(opts.timeout):
+        return _restore_unlocked(opts, journal)
+
+
+def _restore_unlocked(opts: RestoreOptions, journal: jr.Journal) -> Dict[str, Any]:
     records = {r["vm"]: r for r in journal.records()}
     qemus = running_qemus()
     secrets = secrets_of(qemus, records.values())
@@ -141,7 +172,7 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
     for record in chosen:
         phase = record.get("phase")
         if phase in (jr.RESTORED, jr.SAVE_FAILED):
-            results.append(public_view(record, "already_running" if phase == jr.RESTORED else "not_saved"))
+            results.append(public_view(record, _action_of_finished(record)))
         elif phase == jr.SAVING:
             raise RestoreError("the journal says a save was under way and never finished.", vm=record["vm"],
                                fix="run vm_save again first; it finishes or explains the interrupted save.")
@@ -154,13 +185,22 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
                 fix="if that VM was cold-booted on purpose, move its .json and .state files out of %s." % opts.state_dir)
         else:
             todo.append(record)
+    boot = jr.boot_id()
+    proof = boot_token.prove(journal.state_dir) if todo else boot_token.BootProof(False, "nothing to restore")
     if opts.check_mode:
         for record in todo:
+            check_ram_survived(record, proof, boot)
             verify_state_file(record)
             results.append(public_view(record, "would_restore"))
         return {"changed": bool(todo), "vms": results}
-    done, failures = run_per_vm(todo, lambda r: restore_one(r, journal, opts.keep_state, opts.timeout),
-                                lambda r: str(r["vm"]))
+    if proof.planned:
+        boot_token.consume(journal.state_dir, opts.restored_by, boot)
+
+    def restore_checked(record: Dict[str, Any]) -> Dict[str, Any]:
+        check_ram_survived(record, proof, boot)
+        return restore_one(record, journal, opts.keep_state, opts.timeout, opts.restored_by)
+
+    done, failures = run_per_vm(todo, restore_checked, lambda r: str(r["vm"]))
     results.extend(public_view(record, "restored") for _saved, record in done)
     changed = bool(done)
     if failures:
@@ -169,6 +209,14 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
             vm=failures[0]["vm"], fix="see each VM's error, fix it and run vm_restore again.",
             failures=failures, vms=results, changed=changed)
     return {"changed": changed, "vms": results}
+
+
+def _action_of_finished(record: Dict[str, Any]) -> str:
+    if record.get("phase") == jr.SAVE_FAILED:
+        return "not_saved"
+    if record.get("restored_by") == RESTORED_BY_BOOT_UNIT and record.get("restored_boot_id") == jr.boot_id():
+        return "restored_at_boot"
+    return "already_running"
 
 
 def _is_up(record: Dict[str, Any]) -> bool:

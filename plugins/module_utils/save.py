@@ -17,8 +17,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, wait_gone
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
@@ -32,6 +32,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
 from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import is_under
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
+from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
 
 PARTIAL_SUFFIX = ".partial"
 # Device state is about 300 KB; leave room for it and for the journal.
@@ -127,7 +128,8 @@ def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any
         "qmp": dict(socket_dir_of(vm.qmp.path), path=vm.qmp.path, form=vm.qmp.form),
         "state_file": journal.state_path(vm.name), "ram_policy": ready.verdict.policy,
         "mode": ready.verdict.mode, "x_ignore_shared": ready.verdict.x_ignore_shared,
-        "reboot_method": ready.verdict.reboot_method,
+        "reboot_method": ready.verdict.reboot_method, "ram_survives": ready.ram_survives,
+        "collection_version": COLLECTION_VERSION,
         "ram_backends": [b.as_dict() for b in vm.ram], "run_state_at_save": ready.status,
         "supervisor": vm.supervisor.as_dict(), "error": None, "timestamps": {},
     }
@@ -258,4 +260,6 @@ def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Di
             len(failures), len(ready), summary(failures)),
             vm=failures[0]["vm"], fix="see each VM's error; do not reboot this host until every VM is saved.",
             failures=failures, vms=results, changed=changed)
-    return {"changed": changed, "vms": results, "warnings": scope.warnings}
+    # the whole host is saved: its planned kexec may now prove itself (boot_token)
+    armed = not opts.vms and boot_token.arm(journal.state_dir)
+    return {"changed": changed, "vms": results, "warnings": scope.warnings, "restore_token_armed": armed}

@@ -20,6 +20,9 @@ description:
     M(liveupdate.cpr.vm_save) runs here in check mode, so the save itself finds nothing new to refuse.
   - Fails, naming every reason, when the action cannot be carried out - the target kernel cannot be had, kexec is
     unusable with no fallback, or a VM cannot be saved. Nothing is paused.
+  - Also fails when a saved VM's RAM survives only a kexec (C(memmap=) pmem) or a QEMU restart and this boot is not
+    the planned kexec (no armed restore token on its command line, as after a crash or a power cycle), because its RAM
+    may be gone, and resuming it would corrupt the guest. A cold boot of such a guest is the operator's call.
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
@@ -49,6 +52,16 @@ options:
     description: When kexec cannot be used, reboot through the firmware instead of refusing.
     type: bool
     default: false
+  restore_at_boot:
+    description:
+      - Whether the rollout lets C(liveupdate-cpr-restore.service) restore the VMs at the planned kexec. For a kexec
+        cycle the plan says whether it will (systemd PID 1, the unit installed, the entry point's version), and why not.
+    type: bool
+    default: true
+  venv:
+    description: The host's venv, where the restore-at-boot entry point is installed.
+    type: path
+    default: /opt/liveupdate-cpr/venv
 """
 
 EXAMPLES = r"""
@@ -133,7 +146,9 @@ def main() -> None:
                            update_kernel={"type": "bool", "default": True},
                            update_qemu={"type": "bool", "default": False},
                            force={"type": "bool", "default": False},
-                           kexec_fallback_to_reboot={"type": "bool", "default": False}),
+                           kexec_fallback_to_reboot={"type": "bool", "default": False},
+                           restore_at_boot={"type": "bool", "default": True},
+                           venv={"type": "path", "default": "/opt/liveupdate-cpr/venv"}),
         supports_check_mode=True)
     boundary.run(module, plan_host, PlanOptions)
 

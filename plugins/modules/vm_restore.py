@@ -19,6 +19,12 @@ description:
     and checks the VM is running again (C(cont) if it ran when saved). A failed load leaves QEMU alive with the error
     readable, and keeps the state file and journal.
   - Deletes the state file only after the VM is verified running, unless O(keep_state).
+  - Refuses, before QEMU starts, a VM whose RAM survives only a kexec (C(memmap=) pmem) or only a QEMU restart when
+    the host rebooted since the save and this boot is not the planned kexec, that is, its command line does not
+    carry the armed restore token of M(liveupdate.cpr.restore_unit) (after a crash, a power cycle or an unplanned
+    reboot). RAM in the state file or on an NVDIMM needs no such proof.
+  - Waits for the boot unit C(liveupdate-cpr-restore.service) while it restores, and reports the VMs it restored
+    as V(restored_at_boot), with C(restored_by).
   - Reports each VM's blackout, from QEMU's STOP event at save to its RESUME event at restore.
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
@@ -61,7 +67,12 @@ vms:
   elements: dict
   contains:
     vm: {description: VM name., type: str, returned: always}
-    action: {description: "restored, already_running, not_saved or (check mode) would_restore.", type: str, returned: always}
+    action:
+      description: "restored, restored_at_boot (by the boot unit, in this boot), already_running, not_saved or (check mode)
+        would_restore."
+      type: str
+      returned: always
+    restored_by: {description: "Who restored it: ansible or boot unit.", type: str, returned: when restored}
     pid: {description: Process id of the restored QEMU., type: int, returned: when restored}
     blackout_seconds:
       description: Seconds from QEMU's STOP event at save to its RESUME event at restore.

@@ -86,7 +86,7 @@ def kernel_facts(needed=True, usable=True, target="6.12.1-amd64", available=("6.
             "kexec": {"usable": usable, "reasons": [] if usable else ["kernel.kexec_load_disabled is 1"]}}
 
 
-def planned(tmp_path, monkeypatch, records=(), running=(), **options):
+def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **options):
     journal = jr.Journal(str(tmp_path / "state"))
     journal.ensure()
     for record in records:
@@ -101,6 +101,8 @@ def planned(tmp_path, monkeypatch, records=(), running=(), **options):
         return [Readiness(vm, ready=True, verdict=None, status="running") for vm in vms]
     monkeypatch.setattr(host_plan.sv, "assess_all", assess_all)
     monkeypatch.setattr(host_plan.sv, "preflight", lambda ready, journal, check_mode: None)
+    monkeypatch.setattr(host_plan.boot_restore, "status", unit_status or (
+        lambda opts: {"active": False, "reason": "the unit is down"}))
     return host_plan.plan_host(host_plan.PlanOptions(state_dir=journal.state_dir, **options)), judged
 
 
@@ -108,7 +110,27 @@ def test_a_cycle_is_planned_and_each_vm_judged_once_for_kexec(tmp_path, monkeypa
     plan, judged = planned(tmp_path, monkeypatch, running=["web1"])
     assert (plan["action"], plan["reboot_method"]) == ("cycle", "kexec")
     assert judged == ["kexec"]
-    assert plan["plan"]["line"] == "cycle  reboot kexec  kernel 6.1.0-amd64 -> 6.12.1-amd64  VMs web1:None"
+    assert plan["plan"]["line"] == ("cycle  reboot kexec  kernel 6.1.0-amd64 -> 6.12.1-amd64  VMs web1:None"
+                                    "  restore at boot: off (the unit is down)")
+
+
+def test_a_kexec_cycle_says_whether_the_boot_unit_will_restore(tmp_path, monkeypatch):
+    def unit(opts):
+        return {"active": opts.restore_at_boot, "reason": "on" if opts.restore_at_boot else "x"}
+    assert planned(tmp_path, monkeypatch, running=["web1"], unit_status=unit)[0]["plan"]["line"].endswith(
+        "restore at boot: on")
+    off = planned(tmp_path, monkeypatch, running=["web1"], unit_status=unit, restore_at_boot=False)[0]["plan"]
+    assert off["restore_at_boot"] == {"active": False, "reason": "x"}
+    without_reboot = planned(tmp_path, monkeypatch, running=["web1"], unit_status=unit, reboot_method="none")[0]
+    assert "restore at boot" not in without_reboot["plan"]["line"]
+
+
+def test_a_restore_after_an_unplanned_reboot_of_memmap_ram_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    saved = {"vm": "web1", "phase": jr.SAVED, "boot_id": "an-older-boot", "x_ignore_shared": True,
+             "ram_survives": "kexec", "ram_backends": [{"id": "ram0", "mem_path": "/dev/dax0.0"}]}
+    monkeypatch.setattr(host_plan.boot_token, "read_cmdline", lambda: "root=/dev/vda")
+    with pytest.raises(NotReadyError, match=r"web1: its RAM .*survives only a kexec, and this boot is not the planned"):
+        planned(tmp_path, monkeypatch, records=[saved])
 
 
 def test_vms_saved_in_this_boot_finish_their_cycle(tmp_path, monkeypatch):

@@ -193,7 +193,7 @@ def host(journal, monkeypatch):
     """restore_host with the given running QEMUs and restore_one recorded, not run."""
     restored = []
 
-    def restore_one(record, journal_, keep_state, timeout):
+    def restore_one(record, journal_, keep_state, timeout, restored_by="ansible"):
         restored.append(record["vm"])
         return journal_.set_phase(record, jr.RESTORED)
 
@@ -276,7 +276,7 @@ def test_one_failed_restore_does_not_stop_the_others_and_is_reported(journal, mo
     saved(journal, "b")
     saved(journal, "c")
 
-    def restore_one(record, journal_, keep_state, timeout):
+    def restore_one(record, journal_, keep_state, timeout, restored_by="ansible"):
         if record["vm"] == "b":
             raise RestoreError("QEMU could not load the saved state: boom", vm="b")
         return journal_.set_phase(record, jr.RESTORED)

@@ -9,7 +9,7 @@ from engine_fakes import qemu as fake_qemu
 from engine_fakes import session_class
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
-from ansible_collections.liveupdate.cpr.plugins.module_utils import save
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, save
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import DiscoveryError, NotReadyError, SaveError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import REDACTED, RamBackend
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RamVerdict
@@ -308,3 +308,35 @@ def test_one_failed_save_does_not_hide_the_others_and_says_which_were_left_runni
     assert failed.value.details["changed"] is True
     assert [(vm["vm"], vm["action"]) for vm in failed.value.details["vms"]] == [("a", "saved")]
     assert "do not reboot" in failed.value.fix
+
+
+# -- the restore token is armed only once every VM of the host is saved -----------------------------------------
+def test_the_restore_token_is_armed_once_every_vm_is_saved_and_not_after_a_partial_save(journal, monkeypatch):
+    def still_running(qmp_dir, vms, records):
+        return Scope([qemu(name, pid=pid) for pid, name in enumerate("ab", 1)
+                      if records.get(name, {}).get("phase") != jr.SAVED and (not vms or name in vms)])
+    monkeypatch.setattr(save, "select", still_running)
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed(vm.name) for vm in vms])
+    monkeypatch.setattr(save, "save_one", lambda found, journal_, timeout: journal_.set_phase(
+        {"vm": found.vm.name, "launch_argv": []}, jr.SAVED))
+    boot_token.mint(journal.state_dir, True)
+
+    only_a = save.save_host(save.SaveOptions(state_dir=journal.state_dir, vms=["a"]))
+    assert only_a["restore_token_armed"] is False and not boot_token.read(journal.state_dir)["armed_at"]
+
+    every_vm = save.save_host(save.SaveOptions(state_dir=journal.state_dir))
+    assert every_vm["restore_token_armed"] is True and boot_token.read(journal.state_dir)["armed_at"]
+
+
+def test_a_failed_save_arms_nothing(journal, monkeypatch):
+    monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("a")]))
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed("a")])
+
+    def fails(found, journal_, timeout):
+        raise SaveError("boom", vm="a")
+    monkeypatch.setattr(save, "save_one", fails)
+    boot_token.mint(journal.state_dir, True)
+
+    with pytest.raises(SaveError):
+        save.save_host(save.SaveOptions(state_dir=journal.state_dir))
+    assert not boot_token.read(journal.state_dir)["armed_at"]

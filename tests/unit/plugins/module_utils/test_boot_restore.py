@@ -1,0 +1,243 @@
+"""The boot unit's entry point: it restores only the planned boot's saves of its own version, once their host
+resources exist, through the same restore_host as vm_restore; and its unit is ordered early and on nothing late."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token, qemu_argv
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
+
+OLD_BOOT, NEW_BOOT = "boot-before", "boot-after"
+ROOT = Path(__file__).resolve().parents[4]
+
+
+@pytest.fixture
+def journal(tmp_path):
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+    return journal
+
+
+def saved(journal, vm, tmp_path, **fields):
+    binary = tmp_path / "qemu-system-x86_64"
+    binary.write_text("")
+    record = {"vm": vm, "binary": str(binary), "launch_argv": [str(binary), "-name", vm], "cwd": "/",
+              "ram_backends": [], "collection_version": COLLECTION_VERSION, "boot_id": OLD_BOOT}
+    record.update(fields)
+    return journal.set_phase(record, jr.SAVED)
+
+
+class Restores:
+    """restore_host as the unit calls it, without QEMU."""
+
+    def __init__(self, monkeypatch, fail=None):
+        self.calls = []
+        self.fail = fail
+        monkeypatch.setattr(boot_restore, "restore_host", self)
+
+    def __call__(self, opts):
+        self.calls.append(opts)
+        if self.fail:
+            raise RestoreError("1 of 1 VMs failed to restore", vm=self.fail, secrets_test=True,
+                               failures=[{"vm": self.fail, "error": "QEMU rejected -foo hunter2", "fix": "fix it"}])
+        return {"vms": [{"vm": vm, "action": "restored", "resumed_at": 2.0, "blackout_seconds": 1.5} for vm in opts.vms]}
+
+
+@pytest.fixture
+def planned(journal, monkeypatch):
+    """This boot is the planned kexec: the token minted and armed in the old boot is on the command line."""
+    token = boot_token.mint(journal.state_dir, True, boot=OLD_BOOT)
+    boot_token.arm(journal.state_dir, boot=OLD_BOOT)
+    monkeypatch.setattr(boot_token, "read_cmdline", lambda: "root=/dev/vda %s=%s" % (boot_token.CMDLINE_KEY, token))
+    monkeypatch.setattr(jr, "boot_id", lambda: NEW_BOOT)
+    return token
+
+
+def run(journal, timeout=0.2):
+    lines = []
+    code = boot_restore.restore_at_boot(journal.state_dir, timeout, 5, lines.append)
+    return code, "\n".join(lines)
+
+
+def test_the_planned_boot_restores_every_saved_vm_through_restore_host_and_uses_the_token(
+        journal, tmp_path, planned, monkeypatch):
+    restores = Restores(monkeypatch)
+    saved(journal, "web1", tmp_path)
+    saved(journal, "db1", tmp_path)
+
+    code, log = run(journal)
+
+    assert code == 0, log
+    assert [sorted(call.vms) for call in restores.calls] == [["db1", "web1"]]
+    assert restores.calls[0].restored_by == "boot unit"
+    assert "web1: resumed" in log and "db1: resumed" in log
+    assert boot_token.read(journal.state_dir)["consumed_boot_id"] == NEW_BOOT
+
+
+def test_no_token_on_this_boot_restores_nothing_and_says_why(journal, tmp_path, monkeypatch):
+    restores = Restores(monkeypatch)
+    boot_token.mint(journal.state_dir, True, boot=OLD_BOOT)
+    boot_token.arm(journal.state_dir, boot=OLD_BOOT)
+    monkeypatch.setattr(boot_token, "read_cmdline", lambda: "root=/dev/vda")
+    monkeypatch.setattr(jr, "boot_id", lambda: NEW_BOOT)
+    saved(journal, "web1", tmp_path)
+
+    code, log = run(journal)
+
+    assert code == 0 and not restores.calls
+    assert "restoring nothing: this boot's command line carries no liveupdate_cpr.restore token" in log
+    assert "web1" in log and journal.read("web1")["phase"] == jr.SAVED
+
+
+def test_a_used_token_restores_nothing(journal, tmp_path, planned, monkeypatch):
+    restores = Restores(monkeypatch)
+    boot_token.consume(journal.state_dir, "boot unit", boot="an-earlier-boot")
+    saved(journal, "web1", tmp_path)
+
+    code, log = run(journal)
+
+    assert code == 0 and not restores.calls and "already used" in log
+
+
+def test_restore_at_boot_turned_off_restores_nothing_but_the_boot_stays_proved(journal, tmp_path, monkeypatch):
+    restores = Restores(monkeypatch)
+    token = boot_token.mint(journal.state_dir, False, boot=OLD_BOOT)
+    boot_token.arm(journal.state_dir, boot=OLD_BOOT)
+    monkeypatch.setattr(boot_token, "read_cmdline", lambda: "%s=%s" % (boot_token.CMDLINE_KEY, token))
+    monkeypatch.setattr(jr, "boot_id", lambda: NEW_BOOT)
+    saved(journal, "web1", tmp_path)
+
+    code, log = run(journal)
+
+    assert code == 0 and not restores.calls and "turned restore at boot off" in log
+    assert boot_token.prove(journal.state_dir).planned, "Ansible's restore may still resume memmap= RAM"
+
+
+def test_a_save_of_another_collection_version_is_left_to_the_rollout(journal, tmp_path, planned, monkeypatch):
+    restores = Restores(monkeypatch)
+    saved(journal, "old", tmp_path, collection_version="0.0.9")
+    saved(journal, "web1", tmp_path)
+
+    code, log = run(journal)
+
+    assert code == 0 and [call.vms for call in restores.calls] == [["web1"]]
+    assert "old: left saved: it was saved by liveupdate.cpr 0.0.9 and this entry point is %s" % COLLECTION_VERSION in log
+    assert journal.read("old")["phase"] == jr.SAVED and "0.0.9" in journal.read("old")["boot_unit_note"]
+
+
+def test_a_vm_whose_host_resources_never_appear_is_left_saved_after_a_bounded_wait(
+        journal, tmp_path, planned, monkeypatch):
+    restores = Restores(monkeypatch)
+    saved(journal, "web1", tmp_path)
+    saved(journal, "bridged", tmp_path, launch_argv=["qemu", "-netdev", "bridge,id=n0,br=nosuchbr0",
+                                                     "-drive", "file=%s/disk.img,if=virtio" % tmp_path])
+
+    code, log = run(journal, timeout=0.3)
+
+    assert code == 0 and [call.vms for call in restores.calls] == [["web1"]]
+    assert re.search(r"bridged: left saved: after 0.3 s these are still missing: interface nosuchbr0, "
+                     r"path .*disk.img", log), log
+
+
+def test_a_failed_restore_fails_the_unit_with_the_reason_and_no_secret(journal, tmp_path, planned, monkeypatch):
+    restores = Restores(monkeypatch, fail="web1")
+    saved(journal, "web1", tmp_path)
+
+    def raise_with_secret(opts):
+        try:
+            restores(opts)
+        except RestoreError as exc:
+            exc.secrets.add("hunter2")
+            raise
+    monkeypatch.setattr(boot_restore, "restore_host", raise_with_secret)
+
+    code, log = run(journal)
+
+    assert code == 1
+    assert "web1: NOT restored: QEMU rejected -foo %s" % qemu_argv.REDACTED in log and "hunter2" not in log
+
+
+# -- what a VM waits for ----------------------------------------------------------------------------------------
+def test_host_resources_are_what_qemu_opens_and_may_appear_late():
+    argv = ["qemu", "-drive", "file=disk.img,if=virtio", "-blockdev",
+            '{"driver":"qcow2","node-name":"d1","file":{"driver":"file","filename":"/srv/d1.qcow2"}}',
+            "-drive", "file=nbd:host:1234,if=virtio", "-chardev", "socket,id=vu,path=/run/vhost/vu.sock",
+            "-chardev", "socket,id=mon,path=/run/qmp/mon.sock,server=on,wait=off",
+            "-netdev", "bridge,id=n0,br=br1", "-netdev", "tap,id=n1,helper=/usr/lib/qemu/qemu-bridge-helper,br=br2",
+            "-netdev", "user,id=n2", "-kernel", "/boot/vmlinuz"]
+    assert qemu_argv.host_resources(argv, cwd="/var/lib/vms") == [
+        ("path", "/var/lib/vms/disk.img"), ("path", "/srv/d1.qcow2"), ("path", "/run/vhost/vu.sock"),
+        ("interface", "br1"), ("interface", "br2"), ("path", "/boot/vmlinuz")]
+
+
+def test_resources_include_the_binary_and_the_ram_backing(tmp_path):
+    record = {"binary": "/usr/bin/qemu-system-x86_64", "launch_argv": ["qemu"],
+              "ram_backends": [{"id": "ram0", "mem_path": "/dev/dax0.0"}, {"id": "ram1"}]}
+    assert boot_restore.resources_of(record) == [("path", "/usr/bin/qemu-system-x86_64"), ("path", "/dev/dax0.0")]
+
+
+# -- the unit and its installation ------------------------------------------------------------------------------
+def test_the_unit_is_ordered_early_and_on_nothing_that_waits_for_the_network_or_sshd():
+    unit = configparser.ConfigParser(strict=False)
+    unit.read_string(boot_restore.unit_text("/opt/liveupdate-cpr/venv", "/var/lib/liveupdate-cpr"))
+    ordering = " ".join(unit["Unit"].get(key, "") for key in ("After", "Requires", "Wants", "BindsTo"))
+    for late in ("ssh", "network", "multi-user"):
+        assert late not in ordering
+    assert unit["Unit"]["DefaultDependencies"] == "no", "else multi-user.target would be ordered after it"
+    assert unit["Unit"]["RequiresMountsFor"] == "/var/lib/liveupdate-cpr /opt/liveupdate-cpr/venv"
+    assert unit["Service"]["Type"] == "oneshot"
+    assert unit["Service"]["ExecStart"] == (
+        "/opt/liveupdate-cpr/venv/bin/liveupdate-cpr-restore --state-dir /var/lib/liveupdate-cpr")
+
+
+def test_the_engine_is_read_from_the_collection_dir_or_from_ansibles_payload_zip(tmp_path, monkeypatch):
+    from_dir = boot_restore.engine_sources()
+    assert {"boot_restore.py", "restore.py", "version.py"} <= set(from_dir)
+
+    payload = tmp_path / "ansible_payload.zip"
+    with zipfile.ZipFile(payload, "w") as archive:
+        for name, content in from_dir.items():
+            archive.writestr(boot_restore.PACKAGE + "/" + name, content)
+        archive.writestr("ansible/module_utils/basic.py", "")
+    monkeypatch.setattr(boot_restore, "__file__", str(payload) + "/" + boot_restore.PACKAGE + "/boot_restore.py")
+    assert boot_restore.engine_sources() == from_dir
+
+
+def test_the_installed_entry_point_runs_the_installed_engine(tmp_path, monkeypatch):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    os.symlink(os.path.realpath(sys.executable), venv / "bin" / "python")
+    monkeypatch.setattr(boot_restore, "systemd_is_init", lambda: False)
+
+    result = boot_restore.ensure(boot_restore.UnitOptions(venv=str(venv), state_dir=str(tmp_path / "state")))
+
+    assert result["changed"] and not result["unit"]["active"]
+    assert "systemd is not PID 1" in result["unit"]["reason"]
+    assert boot_restore.installed_version(str(venv)) == COLLECTION_VERSION
+    assert not boot_restore.ensure(boot_restore.UnitOptions(venv=str(venv), state_dir=str(tmp_path / "s")))["changed"]
+    shown = subprocess.run([str(venv / "bin" / boot_restore.ENTRY_POINT), "--state-dir", str(tmp_path / "state")],
+                           capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"})
+    assert shown.returncode == 0, shown.stderr
+    assert "liveupdate.cpr %s restore at boot" % COLLECTION_VERSION in shown.stdout
+    assert "restoring nothing" in shown.stdout
+
+
+def test_an_unplain_path_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(Exception, match="not a plain absolute path"):
+        boot_restore.ensure(boot_restore.UnitOptions(venv=str(tmp_path / "my venv")))
+
+
+def test_the_engine_version_is_galaxys():
+    galaxy = (ROOT / "galaxy.yml").read_text()
+    assert re.search(r"^version: %s$" % re.escape(COLLECTION_VERSION), galaxy, re.M)
