@@ -6,7 +6,9 @@ root="$1"
 
 # A small initramfs: under TCG every megabyte of it costs boot time, and kexec reads it too.
 sed -i 's/^MODULES=.*/MODULES=list/; s/^COMPRESS=.*/COMPRESS=zstd/' "$root/etc/initramfs-tools/initramfs.conf"
-printf '%s\n' virtio_pci virtio_blk crc32c_generic >>"$root/etc/initramfs-tools/modules"
+# The pmem and dax drivers too: /dev/dax0.0 then exists before userspace, and the restore unit need not wait for it.
+printf '%s\n' virtio_pci virtio_blk crc32c_generic nfit nd_e820 nd_pmem dax_pmem device_dax \
+  >>"$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all
 
 # The newer kernel is not installed: it waits in a local apt repository, which the

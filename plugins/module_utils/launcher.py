@@ -37,6 +37,10 @@ class Launched:
     def as_dict(self) -> Dict[str, Any]:
         return {"pid": self.pid, "unit": self.unit, "log": self.log, "method": self.method}
 
+    def output(self) -> str:
+        """QEMU's last words: its unit's journal, or its log file."""
+        return _unit_log(self.unit) if self.unit else log_tail(self.log)
+
 
 def log_tail(path: Optional[str]) -> str:
     if not path or not os.path.exists(path):

@@ -126,6 +126,9 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
             session.wait_for(lambda s: readiness.run_status(s) == want, 30, what="the VM to be %s" % want)
             resumed_at = session.last_event_time("RESUME") or jr.now()
     except CprError as exc:
+        if started is not None and not process_exists(started.pid):
+            # QEMU served its monitor, then exited (an argument it could not honour this boot): say what it said
+            exc.message = "%s; QEMU (pid %d) exited: %s" % (exc.message, started.pid, started.output() or "no output")
         journal.set_phase(record, jr.RESTORE_FAILED, error=exc.message,
                           pid=started.pid if started else None, launch=started.as_dict() if started else None)
         raise
