@@ -208,12 +208,11 @@ def entry_script(venv: str) -> str:
 def unit_text(venv: str, state_dir: str) -> str:
     return """[Unit]
 Description=liveupdate.cpr: resume the VMs saved for this boot's planned kexec
-# As early as is safe: after sysinit (local filesystems, udev's coldplug, /run) and the mounts of the state dir and
-# the venv. The entry point waits, bounded, for each VM's own devices, files, sockets and bridges. No ordering on
-# sshd, the network or multi-user.target, and none of them waits for this unit (DefaultDependencies=no).
+# As early as is safe: once the local filesystems, the state dir's and the venv's among them, are mounted, and
+# journald can take its log. The entry point waits, bounded, for each VM's own devices, files, sockets and bridges.
+# No ordering on sshd, the network or multi-user.target, and none of them waits for it (DefaultDependencies=no).
 DefaultDependencies=no
-After=sysinit.target
-Wants=sysinit.target
+After=local-fs.target systemd-journald.socket
 RequiresMountsFor=%(state_dir)s %(venv)s
 Conflicts=shutdown.target
 Before=shutdown.target

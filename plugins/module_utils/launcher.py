@@ -24,6 +24,10 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import socket
 from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import wait_until
 
 UNIT_PREFIX = "liveupdate-cpr-"
+# A guest the boot unit restores starts as soon as its own resources exist, not after basic.target as a transient
+# unit's default dependencies would have it; it is still stopped before the shutdown, as a default unit is.
+EARLY_BOOT_PROPERTIES = ("DefaultDependencies=no", "After=local-fs.target systemd-journald.socket",
+                         "Conflicts=shutdown.target", "Before=shutdown.target")
 LOG_TAIL_BYTES = 2000
 
 
@@ -59,11 +63,13 @@ def _unit_name(vm: str) -> str:
     return "%s%s-%d" % (UNIT_PREFIX, re.sub(r"[^A-Za-z0-9_.-]", "_", vm), int(time.time()))
 
 
-def _start_systemd_unit(record: Dict[str, Any], argv: List[str]) -> str:
+def _start_systemd_unit(record: Dict[str, Any], argv: List[str], early_boot: bool = False) -> str:
     unit = _unit_name(record["vm"])
     command = [shutil.which("systemd-run") or "systemd-run", "--unit", unit, "--collect", "--quiet",
                "--working-directory", record["cwd"],
                "--property", "Type=%s" % ("forking" if qemu_argv.has_flag(argv, "daemonize") else "exec")]
+    for prop in EARLY_BOOT_PROPERTIES if early_boot else ():
+        command += ["--property", prop]
     pidfile = qemu_argv.pidfile(argv)
     if pidfile:
         command += ["--property", "PIDFile=%s" % pidfile]
@@ -122,8 +128,9 @@ def _unit_log(unit: str) -> str:
     return " / ".join(line for line in result.stdout.splitlines() if line.strip())
 
 
-def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 60.0) -> Launched:
-    """Start ``argv`` and wait until its QMP socket is served by a live QEMU."""
+def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 60.0, early_boot: bool = False
+           ) -> Launched:
+    """Start ``argv`` and wait until its QMP socket is served by a live QEMU (``early_boot``: by the boot unit)."""
     socket_path = record["qmp"]["path"]
     try:
         ensure_socket_dir(record)
@@ -132,7 +139,7 @@ def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 6
                            fix="create %s as it was, then run vm_restore again; the state file and journal are kept."
                            % os.path.dirname(socket_path)) from exc
     if systemd_is_init():
-        unit: Optional[str] = _start_systemd_unit(record, argv)
+        unit: Optional[str] = _start_systemd_unit(record, argv, early_boot)
         child = None
         where: Optional[str] = None
     else:

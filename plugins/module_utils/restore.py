@@ -110,7 +110,7 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
     argv = qemu_argv.with_incoming_defer(record["launch_argv"])
     started: Optional[Launched] = None
     try:
-        started = launch(record, argv, journal.log_path(record["vm"]))
+        started = launch(record, argv, journal.log_path(record["vm"]), early_boot=restored_by == RESTORED_BY_BOOT_UNIT)
         with QmpSession(record["qmp"]["path"], record["vm"]) as session:
             migration.set_cpr_mode(session, record["x_ignore_shared"])
             info = migration.load_from(session, record["state_file"], timeout)

@@ -13,9 +13,10 @@ description:
     the entry point C(bin/liveupdate-cpr-restore) that runs them. It is the engine C(vm_restore) runs, not a copy of it,
     and it is rewritten whenever it differs, so a controller upgrade never leaves an older engine on the host.
   - Where systemd is PID 1, installs and enables C(liveupdate-cpr-restore.service) in O(unit_dir), a oneshot ordered
-    after C(sysinit.target) and the mounts of O(state_dir) and O(venv), and on nothing later (no sshd, network or
-    C(multi-user.target)). At boot it restores only when the boot's command line carries the armed restore token,
-    only saves of its own collection version, and each VM only once its host resources exist (bounded waits).
+    after C(local-fs.target), the mounts of O(state_dir) and O(venv) and journald's socket, and on nothing later (no
+    sshd, network, C(sysinit.target) or C(multi-user.target)). At boot it restores only when the boot's command line
+    carries the armed restore token, only saves of its own collection version, and each VM only once its host
+    resources exist (bounded waits).
   - With O(mint_token), mints a new one-time token in O(state_dir) (mode 0600) and returns it, to be put on the new
     kernel's command line as C(liveupdate_cpr.restore=TOKEN) by C(kexec -l). C(vm_save) arms it once every VM of the
     host is saved. Any older token is void.

@@ -1,12 +1,15 @@
-"""Relaunch details that a reboot exposes: the QMP socket's directory under /run is gone."""
+"""Relaunch details that a reboot exposes: the QMP socket's directory under /run is gone; at boot, basic.target is
+not there yet."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import launcher
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import ScopeError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import ensure_socket_dir
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import socket_dir_of
@@ -55,3 +58,22 @@ def test_a_missing_qmp_dir_is_excused_only_by_journal_vms_that_lived_there(tmp_p
         select(gone, [], {"db1": {"vm": "db1", "qmp": {"path": "/elsewhere/db1.qmp"}}})
     with pytest.raises(ScopeError, match="does not exist"):
         select(gone, [])
+
+
+def systemd_run_argv(monkeypatch, early_boot):
+    seen = []
+
+    def run(command, **_kwargs):
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+    monkeypatch.setattr(launcher.subprocess, "run", run)
+    record = {"vm": "web1", "cwd": "/", "uid": 0, "gid": 0, "binary": "/usr/bin/qemu-system-x86_64", "environ": {}}
+    launcher._start_systemd_unit(record, ["qemu", "-name", "web1"], early_boot)
+    return seen[0]
+
+
+def test_a_guest_the_boot_unit_restores_does_not_wait_for_basic_target_but_still_stops_before_shutdown(monkeypatch):
+    early = systemd_run_argv(monkeypatch, early_boot=True)
+    for prop in ("DefaultDependencies=no", "Conflicts=shutdown.target", "Before=shutdown.target"):
+        assert prop in early
+    assert "DefaultDependencies=no" not in systemd_run_argv(monkeypatch, early_boot=False)

@@ -62,7 +62,7 @@ class FakeQemu:
         session = session_class(fake, wait_for=wait_for,
                                 last_event_time=lambda _session, name: RESUMED_AT if name == "RESUME" else None)
 
-        def launch(record, argv, log):
+        def launch(record, argv, log, early_boot=False):
             fake.launched_argv = list(argv)
             fake.phase_at_launch = fake.journal.read(record["vm"])["phase"]
             return Launched(pid=777, unit=None, log=log, method="fork")

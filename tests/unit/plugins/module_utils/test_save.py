@@ -8,8 +8,8 @@ import pytest
 from engine_fakes import qemu as fake_qemu
 from engine_fakes import session_class
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, save
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import DiscoveryError, NotReadyError, SaveError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import REDACTED, RamBackend
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RamVerdict
