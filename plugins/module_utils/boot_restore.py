@@ -97,9 +97,11 @@ def restore_at_boot(state_dir: str, resource_timeout: float, restore_timeout: fl
         log("restoring nothing: the rollout turned restore at boot off (liveupdate_restore_at_boot). Saved VMs (%s) "
             "wait for its restore." % names)
         return 0
-    mine = [r for r in saved if r.get("collection_version") == COLLECTION_VERSION]
+    mine = []
     for record in saved:
-        if record not in mine:
+        if record.get("collection_version") == COLLECTION_VERSION:
+            mine.append(record)
+        else:
             _leave(journal, record, log, "it was saved by liveupdate.cpr %s and this entry point is %s; it restores "
                    "only its own version's saves. The rollout's restore brings it back" % (
                        record.get("collection_version") or "before 0.1.0", COLLECTION_VERSION))

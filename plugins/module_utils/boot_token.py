@@ -16,7 +16,6 @@ that root's state dir and this boot's command line agree.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -57,14 +56,7 @@ def cmdline_token(cmdline: str) -> Optional[str]:
 
 
 def read(state_dir: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(token_path(state_dir)) as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise JournalError("restore token %s cannot be read: %s." % (token_path(state_dir), exc),
-                           fix="remove it; the next rollout mints a new one.") from exc
+    data = jr.read_json(token_path(state_dir), "restore token", "remove it; the next rollout mints a new one.")
     return data if isinstance(data, dict) else None
 
 

@@ -37,14 +37,7 @@ class LockOptions:
 
 
 def _read(path: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise JournalError("lock %s cannot be read: %s." % (path, exc),
-                           fix="inspect it; remove it only when no rollout works on this host.") from exc
+    data = jr.read_json(path, "lock", "inspect it; remove it only when no rollout works on this host.")
     return data if isinstance(data, dict) else None
 
 

@@ -63,6 +63,17 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def read_json(path: str, what: str, fix: str, vm: Optional[str] = None) -> Any:
+    """``path``'s JSON value, None when the file is missing; one it cannot read is a JournalError naming ``what``."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise JournalError("%s %s cannot be read: %s." % (what, path, exc), vm=vm, fix=fix) from exc
+
+
 def write_json(path: str, data: Dict[str, Any]) -> None:
     """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync of the dir), mode 0600."""
     directory = os.path.dirname(path)
@@ -112,14 +123,10 @@ class Journal:
         return os.path.join(self.state_dir, vm + ".log")
 
     def read(self, vm: str) -> Optional[Dict[str, Any]]:
-        try:
-            with open(self.record_path(vm)) as handle:
-                record = json.load(handle)
-        except FileNotFoundError:
+        record = read_json(self.record_path(vm), "journal record",
+                           "inspect the file; the VM's state file is kept beside it.", vm=vm)
+        if record is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise JournalError("journal record %s cannot be read: %s." % (self.record_path(vm), exc), vm=vm,
-                               fix="inspect the file; the VM's state file is kept beside it.") from exc
         if not isinstance(record, dict) or record.get("schema") != SCHEMA:
             raise JournalError("journal record %s has an unknown format." % self.record_path(vm), vm=vm)
         return record

@@ -49,8 +49,8 @@ def table(hosts: Sequence[Dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    timelines = ["%s: %s" % (host.get("host", "?"), ", ".join("%s +%.1f s" % event for event in reboot_timeline(host)))
-                 for host in hosts if reboot_timeline(host)]
+    timelines = ["%s: %s" % (host.get("host", "?"), ", ".join("%s +%.1f s" % event for event in events))
+                 for host, events in ((host, reboot_timeline(host)) for host in hosts) if events]
     if timelines:
         lines += ["", "Reboot timeline, seconds after the jump (the host's clocks; across the jump +-1 s):"] + timelines
     return "\n".join(lines)
