@@ -7,7 +7,10 @@ root="$1"
 # A small initramfs: under TCG every megabyte of it costs boot time, and kexec reads it too.
 sed -i 's/^MODULES=.*/MODULES=list/; s/^COMPRESS=.*/COMPRESS=zstd/' "$root/etc/initramfs-tools/initramfs.conf"
 # The pmem and dax drivers too: /dev/dax0.0 then exists before userspace, and the restore unit need not wait for it.
-printf '%s\n' virtio_pci virtio_blk crc32c_generic nfit nd_e820 nd_pmem dax_pmem device_dax \
+# libnvdimm by name: ndctl's modprobe.d rule (install libnvdimm ... ndctl load-keys) hides it from the
+# dependencies initramfs-tools copies, and nd_e820 and nfit then fail to load there (Unknown symbol), which
+# left /dev/dax0.0 to udev in the real root, 10 s later in the lab.
+printf '%s\n' virtio_pci virtio_blk crc32c_generic libnvdimm nfit nd_e820 nd_pmem dax_pmem device_dax \
   >>"$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all
 
@@ -25,8 +28,10 @@ echo 'deb [trusted=yes] file:/srv/liveupdate-repo ./' >"$root/etc/apt/sources.li
 chroot "$root" apt-get update -q
 chroot "$root" apt-get clean
 
-# kexec-tools must not turn every reboot into a kexec: the lab tests both.
+# kexec-tools must not turn every reboot into a kexec: the lab tests both. Its boot-time script and ndctl's monitor
+# (no DIMMs to monitor here) only compete with the restore unit for the host's CPUs in the blackout.
 sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' "$root/etc/default/kexec"
+chroot "$root" systemctl disable kexec-load.service ndctl-monitor.service
 # Nothing may hold the dpkg lock or wake the disk during a rollout.
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer
 

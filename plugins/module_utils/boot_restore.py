@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import systemd_is_init
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, JournalError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, JournalError, RestoreError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RESTORED_BY_BOOT_UNIT, RestoreOptions, restore_host
 from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
 from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import Deadline, wait_until
@@ -58,21 +58,29 @@ def is_present(resource: Tuple[str, str]) -> bool:
     return os.path.exists("/sys/class/net/%s" % name) if kind == "interface" else os.path.exists(name)
 
 
-def wait_for_resources(records: Sequence[Dict[str, Any]], timeout: float, log: Log) -> Dict[str, List[str]]:
-    """Wait, all within one bound, until every VM's resources exist; what is still missing then, per VM."""
-    needed = {record["vm"]: resources_of(record) for record in records}
+class ResourcesMissing(RestoreError):
+    """A VM's host resources did not appear within the bound: it stays saved, for the rollout's restore."""
+
+
+def resource_wait(journal: jr.Journal, timeout: float, log: Log) -> Callable[[Dict[str, Any]], None]:
+    """Each VM's wait for its own resources, run in its own restore thread: one VM never waits for another's bridge.
+    All waits share one bound, counted from now."""
     deadline = Deadline(timeout)
-    started = jr.now()
 
-    def all_present() -> bool:
-        return all(is_present(r) for resources in needed.values() for r in resources)
-
-    wait_until(all_present, deadline, 0.05)
-    missing = {vm: ["%s %s" % r for r in resources if not is_present(r)] for vm, resources in needed.items()}
-    waited = round(jr.now() - started, 3)
-    if waited >= 0.1:
-        log("waited %.3f s for the VMs' host resources" % waited)
-    return {vm: names for vm, names in missing.items() if names}
+    def wait_for_own(record: Dict[str, Any]) -> None:
+        needed = resources_of(record)
+        started = jr.now()
+        wait_until(lambda: all(is_present(r) for r in needed), deadline, 0.05)
+        missing = ["%s %s" % r for r in needed if not is_present(r)]
+        waited = jr.now() - started
+        if missing:
+            why = "after %g s these are still missing: %s. The rollout's restore tries again" % (
+                timeout, ", ".join(missing))
+            _leave(journal, record, log, why)
+            raise ResourcesMissing(why, vm=record["vm"])
+        if waited >= 0.1:
+            log("%s: waited %.3f s for its host resources" % (record["vm"], waited))
+    return wait_for_own
 
 
 def write_line(line: str) -> None:
@@ -105,25 +113,21 @@ def restore_at_boot(state_dir: str, resource_timeout: float, restore_timeout: fl
             _leave(journal, record, log, "it was saved by liveupdate.cpr %s and this entry point is %s; it restores "
                    "only its own version's saves. The rollout's restore brings it back" % (
                        record.get("collection_version") or "before 0.1.0", COLLECTION_VERSION))
-    missing = wait_for_resources(mine, resource_timeout, log)
-    for record in mine:
-        if record["vm"] in missing:
-            _leave(journal, record, log, "after %g s these are still missing: %s. The rollout's restore tries again" % (
-                resource_timeout, ", ".join(missing[record["vm"]])))
-    todo = [r["vm"] for r in mine if r["vm"] not in missing]
-    if not todo:
-        log("restoring nothing: no saved VM is ready to restore here.")
+    if not mine:
+        log("restoring nothing: no saved VM here is this entry point's to restore.")
         return 0
     try:
-        result = restore_host(RestoreOptions(vms=todo, state_dir=state_dir, timeout=restore_timeout,
-                                             restored_by=RESTORED_BY_BOOT_UNIT))
+        result = restore_host(RestoreOptions(vms=[r["vm"] for r in mine], state_dir=state_dir, timeout=restore_timeout,
+                                             restored_by=RESTORED_BY_BOOT_UNIT,
+                                             before_launch=resource_wait(journal, resource_timeout, log)))
     except CprError as exc:
         masked = _masking(log, sorted(exc.secrets))
-        for failure in exc.details.get("failures") or [exc.as_dict()]:
+        failed = [f for f in exc.details.get("failures") or [exc.as_dict()] if f.get("kind") != ResourcesMissing.__name__]
+        for failure in failed:
             masked("%s: NOT restored: %s %s" % (failure.get("vm"), failure.get("error"), failure.get("fix") or ""))
         for vm in exc.details.get("vms") or []:
             _log_restored(vm, masked)
-        return 1
+        return 1 if failed else 0
     for vm in result["vms"]:
         _log_restored(vm, log)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, migration, qemu_argv, ram_verdict, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
@@ -43,6 +43,8 @@ class RestoreOptions:
     timeout: float = 600.0
     check_mode: bool = False
     restored_by: str = RESTORED_BY_ANSIBLE
+    # per VM, in its own thread, just before its QEMU starts; raises to leave that VM saved (the boot unit's waits)
+    before_launch: Optional[Callable[[Dict[str, Any]], None]] = None
 
 
 def check_ram_survived(record: Dict[str, Any], proof: boot_token.BootProof, boot: str) -> None:
@@ -201,6 +203,8 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
 
     def restore_checked(record: Dict[str, Any]) -> Dict[str, Any]:
         check_ram_survived(record, proof, boot)
+        if opts.before_launch is not None:
+            opts.before_launch(record)
         return restore_one(record, journal, opts.keep_state, opts.timeout, opts.restored_by)
 
     done, failures = run_per_vm(todo, restore_checked, lambda r: str(r["vm"]))

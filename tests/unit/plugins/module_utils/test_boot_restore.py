@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token, qemu_argv
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token, qemu_argv, restore
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
@@ -47,11 +47,25 @@ class Restores:
         monkeypatch.setattr(boot_restore, "restore_host", self)
 
     def __call__(self, opts):
+        """Each VM's own wait (before_launch), then its restore; failures gathered as restore_host gathers them."""
         self.calls.append(opts)
-        if self.fail:
-            raise RestoreError("1 of 1 VMs failed to restore", vm=self.fail, secrets_test=True,
-                               failures=[{"vm": self.fail, "error": "QEMU rejected -foo hunter2", "fix": "fix it"}])
-        return {"vms": [{"vm": vm, "action": "restored", "resumed_at": 2.0, "blackout_seconds": 1.5} for vm in opts.vms]}
+        journal = jr.Journal(opts.state_dir)
+        failures, vms = [], []
+        for vm in opts.vms:
+            try:
+                if opts.before_launch:
+                    opts.before_launch(journal.read(vm))
+            except RestoreError as exc:
+                failures.append(exc.as_dict())
+                continue
+            if vm == self.fail:
+                failures.append({"vm": vm, "error": "QEMU rejected -foo hunter2", "fix": "fix it"})
+                continue
+            vms.append({"vm": vm, "action": "restored", "resumed_at": 2.0, "blackout_seconds": 1.5})
+        if failures:
+            raise RestoreError("%d of %d VMs failed to restore" % (len(failures), len(opts.vms)), vm=failures[0]["vm"],
+                               failures=failures, vms=vms)
+        return {"vms": vms}
 
 
 @pytest.fixture
@@ -145,9 +159,32 @@ def test_a_vm_whose_host_resources_never_appear_is_left_saved_after_a_bounded_wa
 
     code, log = run(journal, timeout=0.3)
 
-    assert code == 0 and [call.vms for call in restores.calls] == [["web1"]]
+    assert code == 0, "a VM left saved for the rollout is not a failure of the unit"
+    assert [sorted(call.vms) for call in restores.calls] == [["bridged", "web1"]]
     assert re.search(r"bridged: left saved: after 0.3 s these are still missing: interface nosuchbr0, "
                      r"path .*disk.img", log), log
+    assert "web1: resumed" in log and "bridged: resumed" not in log
+    assert journal.read("bridged")["phase"] == jr.SAVED and "nosuchbr0" in journal.read("bridged")["boot_unit_note"]
+
+
+def test_each_vm_starts_once_its_own_resources_exist_not_when_every_vms_do(journal, tmp_path, planned, monkeypatch):
+    """The real restore_host, QEMU's part left out: late's disk appears only once early has been restored, so a
+    wait for every VM's resources before any restore would leave late saved."""
+    late_disk = tmp_path / "late.img"
+    saved(journal, "early", tmp_path)
+    saved(journal, "late", tmp_path, launch_argv=["qemu", "-drive", "file=%s,if=virtio" % late_disk])
+
+    def restore_one(record, journal, keep_state, timeout, restored_by):
+        if record["vm"] == "early":
+            late_disk.write_text("")
+        return journal.set_phase(record, jr.RESTORED, restored_by=restored_by, resumed_at=2.0, blackout_seconds=1.5)
+    monkeypatch.setattr(restore, "restore_one", restore_one)
+
+    code, log = run(journal, timeout=10)
+
+    assert code == 0, log
+    assert [journal.read(vm)["phase"] for vm in ("early", "late")] == [jr.RESTORED, jr.RESTORED]
+    assert "early: resumed" in log and "late: resumed" in log
 
 
 def test_a_failed_restore_fails_the_unit_with_the_reason_and_no_secret(journal, tmp_path, planned, monkeypatch):
