@@ -217,6 +217,49 @@ def test_a_save_journals_saving_before_the_vm_pauses_and_hashes_the_file_before_
     assert on_disk["launch_argv"][1:3] == ["-machine", "pc-q35-9.2"]  # the machine type it ran, pinned
 
 
+class SettlingQemu(FakeQemu):
+    """QEMU 10.0's window: query-migrate says completed while query-status still says finish-migrate."""
+
+    def __init__(self, journal, finish_migrate_looks):
+        super().__init__(journal, status_after_migration="finish-migrate")
+        self.finish_migrate_looks = finish_migrate_looks
+
+    @property
+    def status(self):
+        if self._status == "finish-migrate" and self.finish_migrate_looks is not None:
+            if self.finish_migrate_looks == 0:
+                self._status = "postmigrate"
+            self.finish_migrate_looks -= 1
+        return self._status
+
+    @status.setter
+    def status(self, value):
+        self._status = value
+
+
+def test_a_save_waits_for_qemu_to_move_a_completed_migration_from_finish_migrate_to_postmigrate(journal, monkeypatch):
+    fake = SettlingQemu(journal, finish_migrate_looks=3).install(monkeypatch)
+    monkeypatch.setattr(save.migration, "RECHECK_SECONDS", 0)
+
+    done = save.save_one(assessed(), journal, timeout=5)
+
+    assert done["phase"] == jr.SAVED
+    assert fake.sent.count("query-status") == 4
+    assert "quit" in fake.sent
+
+
+def test_a_vm_stuck_in_finish_migrate_is_a_failed_save_that_resumes_it(journal, monkeypatch):
+    fake = SettlingQemu(journal, finish_migrate_looks=None).install(monkeypatch)
+    monkeypatch.setattr(save.migration, "RECHECK_SECONDS", 0)
+    monkeypatch.setattr(save.migration, "SETTLE_SECONDS", 0.05)
+
+    with pytest.raises(SaveError, match="after the migration the VM is finish-migrate, not postmigrate"):
+        save.save_one(assessed(), journal, timeout=5)
+
+    assert "quit" not in fake.sent
+    assert journal.read("web1")["phase"] == jr.SAVE_FAILED
+
+
 def test_a_failed_migration_resumes_the_vm_and_sets_the_partial_file_aside(journal, monkeypatch):
     fake = FakeQemu(journal, migration_status="failed", status_after_migration="paused").install(monkeypatch)
 
