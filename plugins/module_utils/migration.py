@@ -12,11 +12,15 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
+from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import wait_until
 
 MIGRATION_DONE = ("completed", "failed", "cancelled")
 # With the events capability on, QEMU sends a MIGRATION event at each status change, and the
 # wait for the final status wakes on it; the look every RECHECK_SECONDS only bounds a missed one.
 RECHECK_SECONDS = 0.1
+# QEMU's migration thread sets "completed" and only then, once it holds the big lock, moves the VM
+# from finish-migrate to postmigrate: a query-status in between sees finish-migrate (seen on 10.0.13).
+SETTLE_SECONDS = 10.0
 
 
 def set_cpr_mode(session: QmpSession, x_ignore_shared: bool) -> None:
@@ -57,3 +61,14 @@ def result(session: QmpSession, timeout: float) -> Dict[str, Any]:
     info: Dict[str, Any] = session.wait_for(finished, timeout, RECHECK_SECONDS, what="the migration to finish",
                                             wake_on_events=True)
     return info
+
+
+def run_status_after_save(session: QmpSession) -> str:
+    """The VM's run state once a completed outgoing migration has let go of it (normally postmigrate)."""
+    seen = {"status": ""}
+
+    def settled() -> bool:
+        seen["status"] = str(session.execute("query-status")["status"])
+        return seen["status"] != "finish-migrate"
+    wait_until(settled, SETTLE_SECONDS, RECHECK_SECONDS)
+    return seen["status"]

@@ -173,7 +173,7 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
             if info.get("status") != "completed":
                 raise SaveError("QEMU's migration ended %s: %s" % (info.get("status"), info.get("error-desc", "no reason given")),
                                 vm=vm.name)
-            status = readiness.run_status(session)
+            status = migration.run_status_after_save(session)
             if status != "postmigrate":
                 raise SaveError("after the migration the VM is %s, not postmigrate." % status, vm=vm.name)
             jr.fsync_path(state_file)
