@@ -6,6 +6,7 @@ dir; the rollout installs it through liveupdate_qemu_update_command. The hosts
 are presented as an inventory with ansible_connection=local.
 
     python -m lab.local_fleet create --dir /tmp/lu-fleet --hosts 6 --vms 2
+    python -m lab.local_fleet create --dir /tmp/lu-fleet --hosts 2 --vms 1 --guest linux   # real Debian guests
     python -m lab.local_fleet probe --dir /tmp/lu-fleet
     python -m lab.local_fleet destroy --dir /tmp/lu-fleet
 """
@@ -20,12 +21,14 @@ import shutil
 import socket
 import struct
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List
 
 import yaml
 
+from lab.linux_guest import LinuxGuestImage, LinuxVm, ensure_image
 from lab.testvm import LAB_GUEST_HZ, TestVm, guest_disk, kill_all, probe, qemu_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,25 +42,44 @@ def _build(source: str, dest: Path, build: int) -> None:
     dest.chmod(0o755)
 
 
-def create(lab: Path, hosts: int, vms: int) -> Dict[str, Any]:
+GUESTS = ("bootsector", "linux")
+
+
+def create(lab: Path, hosts: int, vms: int, guest: str = "bootsector") -> Dict[str, Any]:
+    """guest: "bootsector" (the 512-byte RAM-pattern guest) or "linux" (lab.linux_guest: Debian with its agent)."""
     qemu = qemu_available()
     lab.mkdir(parents=True, exist_ok=True)
-    disk = guest_disk(ROOT / "build" / "cache", hz=LAB_GUEST_HZ)
     package = lab / "packages" / "qemu-system-x86_64"
     _build(qemu, package, 2)
     machines: List[Dict[str, Any]] = []
+    linux: List[LinuxVm] = []
+    image = ensure_image() if guest == "linux" else None
+    disk = guest_disk(ROOT / "build" / "cache", hz=LAB_GUEST_HZ) if guest == "bootsector" else None
     for h in range(1, hosts + 1):
         name = "hv%d" % h
         home = lab / name
         binary = home / "bin" / "qemu-system-x86_64"
         _build(qemu, binary, 1)
         for v in range(1, vms + 1):
-            vm = TestVm("%s-vm%d" % (name, v), home / "qmp", disk, binary=str(binary)).start()
+            vm_name = "%s-vm%d" % (name, v)
+            if image is not None:
+                linux.append(LinuxVm(vm_name, home / "qmp", image, binary=str(binary)).start())
+                machines.append({"host": name, "vm": vm_name, "qmp_dir": str(home / "qmp"), "guest": "linux",
+                                 "ssh_port": linux[-1].ssh_port})
+                continue
+            assert disk is not None
+            vm = TestVm(vm_name, home / "qmp", disk, binary=str(binary)).start()
             state = vm.wait_booted()
             machines.append({"host": name, "vm": vm.name, "qmp_dir": str(vm.qmp_dir), "nonce": state.nonce,
                              "counter": state.counter})
+    with ThreadPoolExecutor(max(1, len(linux))) as pool:  # the real guests boot side by side
+        for entry, facts in zip([m for m in machines if m.get("guest") == "linux"],
+                                pool.map(lambda vm: (vm.wait_booted(), vm.facts())[1], linux)):
+            entry.update(boot_id=facts["boot_id"])
     (lab / "inventory.yml").write_text(inventory_text(str(lab), hosts))
-    fleet = {"lab": str(lab), "hosts": hosts, "vms": machines}
+    fleet = {"lab": str(lab), "hosts": hosts, "guest": guest, "vms": machines}
+    if image is not None:
+        fleet["image"] = asdict(image)
     (lab / "fleet.json").write_text(json.dumps(fleet, indent=1) + "\n")
     return fleet
 
@@ -99,10 +121,17 @@ def probe_all(lab: Path) -> List[Dict[str, Any]]:
     fleet = json.loads((lab / "fleet.json").read_text())
     found = []
     for machine in fleet["vms"]:
-        vm = TestVm(machine["vm"], Path(machine["qmp_dir"]), Path("/dev/null"))
+        now: Dict[str, Any]
+        if machine.get("guest") == "linux":
+            vm: Any = LinuxVm(machine["vm"], Path(machine["qmp_dir"]), LinuxGuestImage(**fleet["image"]),
+                              ssh_port=machine["ssh_port"])
+            now = dict(vm.facts(), clock_offset=vm.clock_offset())
+        else:
+            vm = TestVm(machine["vm"], Path(machine["qmp_dir"]), Path("/dev/null"))
+            now = asdict(probe(vm))
         pid = qmp_server_pid(vm.qmp_path)
         exe = "/proc/%d/exe" % pid
-        found.append(dict(machine, now=asdict(probe(vm)), pid=pid, exe=os.readlink(exe),
+        found.append(dict(machine, now=now, pid=pid, exe=os.readlink(exe),
                           exe_sha256=hashlib.sha256(Path(exe).read_bytes()).hexdigest()))
     return found
 
@@ -116,6 +145,11 @@ def qmp_server_pid(path: Path) -> int:
 
 def destroy(lab: Path) -> None:
     kill_all(lab)
+    fleet = json.loads((lab / "fleet.json").read_text()) if (lab / "fleet.json").exists() else {}
+    for machine in fleet.get("vms", []):
+        if machine.get("guest") == "linux":
+            ram = Path(LinuxVm(machine["vm"], Path(machine["qmp_dir"]), LinuxGuestImage(**fleet["image"])).ram_path)
+            ram.unlink(missing_ok=True)
     shutil.rmtree(lab, ignore_errors=True)
 
 
@@ -126,10 +160,12 @@ def main() -> int:
     parser.add_argument("--root", default=str(ROOT), help="repository path, for `inventory`")
     parser.add_argument("--hosts", type=int, default=6)
     parser.add_argument("--vms", type=int, default=2)
+    parser.add_argument("--guest", choices=GUESTS, default="bootsector",
+                        help="the VMs' guest: the boot-sector RAM-pattern guest, or a real Debian guest with its agent")
     args = parser.parse_args()
     if args.action == "create":
         destroy(args.dir)
-        print(json.dumps(create(args.dir, args.hosts, args.vms), indent=1))
+        print(json.dumps(create(args.dir, args.hosts, args.vms, args.guest), indent=1))
     elif args.action == "inventory":
         sys.stdout.write(inventory_text(str(args.dir), args.hosts, args.root))
     elif args.action == "probe":

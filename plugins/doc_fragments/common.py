@@ -93,3 +93,27 @@ attributes:
     description: Changes nothing.
     support: full
 """
+
+    # GUEST_ARGS
+    GUEST = r"""
+options:
+  guest_time_sync:
+    description:
+      - A guest's clock stands still while its VM is stopped, so after a resume it is behind by the blackout. After
+        each resume the module sets it from the host's clock with the guest agent's C(guest-set-time), and reports
+        the offset before and after in C(guest_clock).
+      - The agent is reached through the VM's agent channel, the unix socket chardev (C(server=on)) behind
+        C(-device virtserialport,name=org.qemu.guest_agent.0); C(qemu-guest-agent) must run in the guest.
+      - V(auto) sets the clock when the VM has an agent channel and reports C(not synced) with the reason when it has
+        none or the agent does not answer within 5 s.
+      - V(required) does the same, and fails the module when a clock could not be set; the VMs keep running.
+      - V(off) leaves the guest's clock alone.
+    type: str
+    choices: [auto, required, "off"]
+    default: auto
+  guest_time_sync_per_vm:
+    description:
+      - Per-VM overrides of O(guest_time_sync), as a mapping of VM name to V(auto), V(required) or V(off).
+    type: dict
+    default: {}
+"""

@@ -12,7 +12,7 @@ short_description: Merge per-VM results of several liveupdate.cpr modules into o
 version_added: 0.1.0
 description:
   - Takes a list of C(vms) lists (from vm_save, vm_restore, vm_relaunch) and returns one row per VM with its mode,
-    RAM policy, state size, pause and resume times and blackout. Later lists win.
+    RAM policy, state size, pause and resume times, blackout and guest clock. Later lists win.
 options:
   _input:
     description: A list of C(vms) lists.
@@ -35,7 +35,7 @@ _value:
 """
 
 VM_FIELDS = ("vm", "action", "mode", "ram_policy", "state_size", "paused_at", "resumed_at", "blackout_seconds",
-             "reason", "previous_qemu_version", "qemu_version", "pid", "restored_by")
+             "reason", "previous_qemu_version", "qemu_version", "pid", "restored_by", "guest_clock")
 
 
 def vm_rows(results: Sequence[Sequence[Dict[str, Any]]]) -> List[Dict[str, Any]]:

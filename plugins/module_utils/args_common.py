@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import TIME_SYNC_POLICIES
 from ansible_collections.liveupdate.cpr.plugins.module_utils.journal import DEFAULT_STATE_DIR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES, REBOOT_METHODS
 
@@ -24,6 +25,12 @@ RAM_ARGS: Dict[str, Any] = {
     "ram_policy": {"type": "str", "choices": list(RAM_POLICIES), "default": "fail"},
     "ram_policy_per_vm": {"type": "dict", "default": {}},
     "persistent_paths": {"type": "list", "elements": "path", "default": []},
+}
+
+
+GUEST_ARGS: Dict[str, Any] = {
+    "guest_time_sync": {"type": "str", "choices": list(TIME_SYNC_POLICIES), "default": "auto"},
+    "guest_time_sync_per_vm": {"type": "dict", "default": {}},
 }
 
 

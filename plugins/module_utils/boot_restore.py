@@ -150,6 +150,12 @@ def _leave(journal: jr.Journal, record: Dict[str, Any], log: Log, why: str) -> N
 def _log_restored(vm: Dict[str, Any], log: Log) -> None:
     if vm.get("action") == "restored":
         log("%s: resumed at %.6f, blackout %.3f s" % (vm["vm"], vm.get("resumed_at") or 0, vm.get("blackout_seconds") or 0))
+        clock = vm.get("guest_clock") or {}
+        if clock.get("synced"):
+            log("%s: clock set from this host's (it was %+.3f s off); the rollout's restore sets it again once the "
+                "host's own clock is synced" % (vm["vm"], clock.get("offset_before_seconds") or 0))
+        elif clock:
+            log("%s: clock %s" % (vm["vm"], clock.get("reason")))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

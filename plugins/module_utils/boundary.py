@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterable, Type, TypeVar
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import TIME_SYNC_POLICIES
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QMP_IMPORT_ERROR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES
 
@@ -21,10 +22,11 @@ def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], opti
     """Build ``options`` from the module's params, run ``engine`` and exit with its result or its error."""
     if needs_qmp and QMP_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("qemu.qmp"), exception=QMP_IMPORT_ERROR)
-    bad = {vm: policy for vm, policy in module.params.get("ram_policy_per_vm", {}).items() if policy not in RAM_POLICIES}
-    if bad:
-        module.fail_json(msg="ram_policy_per_vm: %s; each policy must be one of %s." % (
-            ", ".join("%s=%s" % item for item in sorted(bad.items())), ", ".join(RAM_POLICIES)))
+    for option, allowed in (("ram_policy_per_vm", RAM_POLICIES), ("guest_time_sync_per_vm", TIME_SYNC_POLICIES)):
+        bad = {vm: policy for vm, policy in (module.params.get(option) or {}).items() if policy not in allowed}
+        if bad:
+            module.fail_json(msg="%s: %s; each policy must be one of %s." % (
+                option, ", ".join("%s=%s" % item for item in sorted(bad.items())), ", ".join(allowed)))
     names = {f.name for f in dataclasses.fields(options)}  # type: ignore[arg-type]
     unknown = sorted(set(module.params) - names)
     if unknown:

@@ -184,6 +184,56 @@ def qmp_endpoints(argv: Sequence[str]) -> Tuple[List[QmpEndpoint], List[str]]:
     return endpoints, unusable
 
 
+# -- the guest agent ----------------------------------------------------------
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+
+
+@dataclass
+class AgentChannel:
+    path: Optional[str]      # the unix socket QEMU listens on for the agent's channel, when it does
+    problem: Optional[str]   # why the engine cannot reach the agent through it
+
+
+def _device_props(value: str) -> Dict[str, Any]:
+    """A ``-device`` value, in key=value or JSON form (libvirt's), as a dict with its driver."""
+    if value.lstrip().startswith("{"):
+        return parse_object(value)
+    return dict(split_keyval(value, "driver"))
+
+
+def guest_agent_channel(argv: Sequence[str]) -> Optional[AgentChannel]:
+    """The agent's channel: the chardev behind ``-device virtserialport,name=org.qemu.guest_agent.0``.
+
+    None when the VM has no such port. QEMU must be the socket's server: the engine connects to it."""
+    options = parse_options(argv)
+    chardevs: Dict[str, Dict[str, str]] = {}
+    for opt in options:
+        if opt.name == "chardev" and opt.value is not None:
+            chardev = dict(split_keyval(opt.value, "backend"))
+            chardevs[chardev.get("id", "")] = chardev
+    for opt in options:
+        if opt.name != "device" or opt.value is None:
+            continue
+        device = _device_props(opt.value)
+        if device.get("driver") != "virtserialport" or device.get("name") != GUEST_AGENT_PORT:
+            continue
+        target = chardevs.get(str(device.get("chardev", "")))
+        if target is None:
+            return AgentChannel(None, "its agent port names chardev %r, which the command line does not define"
+                                % device.get("chardev"))
+        if target.get("backend") != "socket":
+            return AgentChannel(None, "its agent chardev %s is a %s, not a unix socket" % (
+                target.get("id"), target.get("backend")))
+        if not target.get("path"):
+            return AgentChannel(None, "its agent chardev %s has no socket path (a file descriptor passed in, as "
+                                      "libvirt does, cannot be reopened by the engine)" % target.get("id"))
+        if not is_on(target.get("server", "off")):
+            return AgentChannel(None, "its agent chardev %s connects out to %s; the engine needs QEMU to listen "
+                                      "(server=on,wait=off)" % (target.get("id"), target["path"]))
+        return AgentChannel(target["path"], None)
+    return None
+
+
 # -- RAM backends -----------------------------------------------------------
 @dataclass
 class RamBackend:

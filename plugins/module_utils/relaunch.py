@@ -8,7 +8,7 @@ the save, the QEMU start and the load, never an Ansible round trip.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
@@ -16,7 +16,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, NotReadyError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
-from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import restore_one
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import check_required_clocks, restore_one, set_guest_clock
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
     SaveOptions,
     assess_all,
@@ -32,11 +32,14 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope,
 class RelaunchOptions(SaveOptions):
     force: bool = False
     keep_state: bool = False
+    guest_time_sync: str = "auto"
+    guest_time_sync_per_vm: Dict[str, str] = field(default_factory=dict)
 
 
 def _cycle(ready: Readiness, journal: jr.Journal, opts: RelaunchOptions) -> Dict[str, Any]:
     record = save_one(ready, journal, opts.timeout)
-    return restore_one(record, journal, opts.keep_state, opts.timeout)
+    restored = restore_one(record, journal, opts.keep_state, opts.timeout)
+    return set_guest_clock(restored, journal, opts.guest_time_sync, opts.guest_time_sync_per_vm)
 
 
 def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
@@ -86,4 +89,5 @@ def _relaunch_in_scope(opts: RelaunchOptions, journal: jr.Journal, records: Dict
             vm=failures[0]["vm"], failures=failures, vms=results, changed=changed,
             fix="a VM whose save failed is still running; one whose restore failed is in the journal: "
                 "run vm_restore after fixing the cause.")
+    check_required_clocks([record for _ready, record in done], results, changed)
     return {"changed": changed, "vms": results, "warnings": scope.warnings}

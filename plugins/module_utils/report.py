@@ -31,8 +31,19 @@ def _blackouts(host: Dict[str, Any]) -> List[float]:
     return [float(vm["blackout_seconds"]) for vm in host.get("vms", []) if vm.get("blackout_seconds") is not None]
 
 
+def clocks(host: Dict[str, Any]) -> str:
+    """How many resumed guests had their clock set, and the largest offset it fixed: "2/2 set (-41.2 s)"."""
+    seen = [vm["guest_clock"] for vm in host.get("vms", []) if isinstance(vm.get("guest_clock"), dict)]
+    if not seen:
+        return "-"
+    synced = [c for c in seen if c.get("synced")]
+    fixed = [abs(float(c["offset_before_seconds"])) for c in synced if c.get("offset_before_seconds") is not None]
+    text = "%d/%d set" % (len(synced), len(seen))
+    return text + (" (up to %.1f s off)" % max(fixed) if fixed else "")
+
+
 def table(hosts: Sequence[Dict[str, Any]]) -> str:
-    rows = [("host", "batch", "status", "kernel", "QEMU", "VMs", "max blackout", "state")]
+    rows = [("host", "batch", "status", "kernel", "QEMU", "VMs", "max blackout", "state", "guest clocks")]
     for host in hosts:
         blackouts = _blackouts(host)
         kernel = host.get("kernel_before", "?")
@@ -45,7 +56,7 @@ def table(hosts: Sequence[Dict[str, Any]]) -> str:
         states = [int(vm.get("state_size") or 0) for vm in host.get("vms", [])]
         rows.append((host.get("host", "?"), str(host.get("batch", "-")), host.get("status", "?"), kernel, qemu,
                      str(len(host.get("vms", []))), "%.3f s" % max(blackouts) if blackouts else "-",
-                     "%d KiB" % (sum(states) // 1024) if states else "-"))
+                     "%d KiB" % (sum(states) // 1024) if states else "-", clocks(host)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

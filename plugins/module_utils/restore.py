@@ -12,10 +12,17 @@ once the VM is verified running.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, migration, qemu_argv, ram_verdict, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import (
+    boot_token,
+    guest_agent,
+    migration,
+    qemu_argv,
+    ram_verdict,
+    readiness,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
@@ -45,6 +52,8 @@ class RestoreOptions:
     restored_by: str = RESTORED_BY_ANSIBLE
     # per VM, in its own thread, just before its QEMU starts; raises to leave that VM saved (the boot unit's waits)
     before_launch: Optional[Callable[[Dict[str, Any]], None]] = None
+    guest_time_sync: str = "auto"
+    guest_time_sync_per_vm: Dict[str, str] = field(default_factory=dict)
 
 
 def check_ram_survived(record: Dict[str, Any], proof: boot_token.BootProof, boot: str) -> None:
@@ -145,6 +154,29 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                              restored_by=restored_by, restored_boot_id=jr.boot_id())
 
 
+def set_guest_clock(record: Dict[str, Any], journal: jr.Journal, default_policy: str,
+                    per_vm: Mapping[str, str]) -> Dict[str, Any]:
+    """Step a resumed guest's clock to the host's; the outcome goes into its journal record."""
+    clock = guest_agent.sync_clock(record.get("launch_argv") or [], record["vm"],
+                                   guest_agent.policy_of(record["vm"], default_policy, per_vm))
+    return journal.write(dict(record, guest_clock=clock.as_dict()))
+
+
+def check_required_clocks(records: Sequence[Dict[str, Any]], results: List[Dict[str, Any]], changed: bool) -> None:
+    """guest_time_sync=required: a clock that could not be set fails the report; the VM keeps running."""
+    unset = [r for r in records if (r.get("guest_clock") or {}).get("policy") == "required"
+             and not r["guest_clock"].get("synced")]
+    if unset:
+        raise guest_agent.GuestAgentError(
+            "%d VM(s) run again, but their clocks could not be set (guest_time_sync=required): %s." % (
+                len(unset), "; ".join("%s: %s" % (r["vm"], r["guest_clock"].get("reason")) for r in unset)),
+            vm=unset[0]["vm"], vms=results, changed=changed,
+            fix="the VMs are running; start qemu-guest-agent in each guest (and give the VM an agent channel: "
+                "-chardev socket,id=qga0,path=...,server=on,wait=off -device virtio-serial-pci "
+                "-device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0), then run vm_restore again, "
+                "which sets the clocks of the VMs it restored in this boot.")
+
+
 def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     if opts.check_mode or not os.path.isdir(journal.state_dir):
@@ -174,9 +206,14 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
     running = {record["vm"]: vm.pid for record in chosen for vm in qemus if is_same_vm(vm, record)}
     results: List[Dict[str, Any]] = []
     todo: List[Dict[str, Any]] = []
+    # their clocks are set again: the boot unit set them from a host clock fresh from the RTC, and by now the host's
+    # own may be synced; a rerun after a failed guest_time_sync=required tries again
+    resumed_this_boot: List[Dict[str, Any]] = []
     for record in chosen:
         phase = record.get("phase")
-        if phase in (jr.RESTORED, jr.SAVE_FAILED):
+        if phase == jr.RESTORED and record["vm"] in running and _resumed_in_this_boot(record) and not opts.check_mode:
+            resumed_this_boot.append(record)
+        elif phase in (jr.RESTORED, jr.SAVE_FAILED):
             results.append(public_view(record, _action_of_finished(record)))
         elif phase == jr.SAVING:
             raise RestoreError("the journal says a save was under way and never finished.", vm=record["vm"],
@@ -201,21 +238,32 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
     if proof.planned:
         boot_token.consume(journal.state_dir, opts.restored_by, boot)
 
+    def set_clock(record: Dict[str, Any]) -> Dict[str, Any]:
+        return set_guest_clock(record, journal, opts.guest_time_sync, opts.guest_time_sync_per_vm)
+
     def restore_checked(record: Dict[str, Any]) -> Dict[str, Any]:
         check_ram_survived(record, proof, boot)
         if opts.before_launch is not None:
             opts.before_launch(record)
-        return restore_one(record, journal, opts.keep_state, opts.timeout, opts.restored_by)
+        return set_clock(restore_one(record, journal, opts.keep_state, opts.timeout, opts.restored_by))
 
     done, failures = run_per_vm(todo, restore_checked, lambda r: str(r["vm"]))
+    resynced, unwritten = run_per_vm(resumed_this_boot, set_clock, lambda r: str(r["vm"]))
+    failures += unwritten
+    results.extend(public_view(record, _action_of_finished(record)) for _found, record in resynced)
     results.extend(public_view(record, "restored") for _saved, record in done)
     changed = bool(done)
     if failures:
         raise RestoreError("%d of %d VMs failed to restore; their state files and journal records are kept: %s." % (
-            len(failures), len(todo), summary(failures)),
+            len(failures), len(todo) + len(unwritten), summary(failures)),
             vm=failures[0]["vm"], fix="see each VM's error, fix it and run vm_restore again.",
             failures=failures, vms=results, changed=changed)
+    check_required_clocks([record for _item, record in resynced + done], results, changed)
     return {"changed": changed, "vms": results}
+
+
+def _resumed_in_this_boot(record: Dict[str, Any]) -> bool:
+    return bool(record.get("restored_boot_id") == jr.boot_id())
 
 
 def _action_of_finished(record: Dict[str, Any]) -> str:

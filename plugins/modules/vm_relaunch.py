@@ -17,10 +17,12 @@ description:
   - Uses O(reboot_method=none) rules for RAM, so shared tmpfs RAM is fine; anonymous or memfd RAM needs
     O(ram_policy=save_ram).
   - All the checks of M(liveupdate.cpr.vm_save) run for every chosen VM before any VM is paused.
+  - Sets each relaunched guest's clock through its guest agent (O(guest_time_sync)).
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
   - liveupdate.cpr.common
+  - liveupdate.cpr.common.guest
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
 options:
@@ -79,6 +81,14 @@ vms:
       returned: when relaunched
     previous_qemu_version: {description: Version of the QEMU it left., type: str, returned: when relaunched}
     blackout_seconds: {description: Seconds from QEMU's STOP to its RESUME., type: float, returned: when relaunched}
+    guest_clock:
+      description:
+        - What happened to the guest's clock after its resume (O(guest_time_sync)).
+        - "C(policy); C(synced); C(reason) when not synced (for example C(not synced: no agent)); C(agent), the agent
+          channel's socket; C(offset_before_seconds) and C(offset_after_seconds), the guest's clock minus the host's;
+          C(seconds) spent."
+      type: dict
+      returned: when relaunched
 failures:
   description: Per-VM errors.
   returned: failure
@@ -89,13 +99,19 @@ failures:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import RAM_ARGS, SCOPE_ARGS, SELECTION_ARGS, spec
+from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import (
+    GUEST_ARGS,
+    RAM_ARGS,
+    SCOPE_ARGS,
+    SELECTION_ARGS,
+    spec,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils.relaunch import RelaunchOptions, relaunch_host
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, force={"type": "bool", "default": False},
+        argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, GUEST_ARGS, force={"type": "bool", "default": False},
                            keep_state={"type": "bool", "default": False},
                            # the choices the ram fragment documents; the engine refuses all but none, saying what to use instead
                            reboot_method={"type": "str", "choices": ["kexec", "reboot", "none"], "default": "none"}),

@@ -26,10 +26,13 @@ description:
   - Waits for the boot unit C(liveupdate-cpr-restore.service) while it restores, and reports the VMs it restored
     as V(restored_at_boot), with C(restored_by).
   - Reports each VM's blackout, from QEMU's STOP event at save to its RESUME event at restore.
+  - Sets each resumed guest's clock through its guest agent (O(guest_time_sync)). It sets again the clocks of the
+    VMs the boot unit restored in this boot, because the unit set them from a host clock fresh from the RTC.
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
   - liveupdate.cpr.common
+  - liveupdate.cpr.common.guest
 options:
   keep_state:
     description: Keep the state file after a successful restore.
@@ -79,6 +82,14 @@ vms:
       type: float
       returned: when restored
     launch: {description: "How QEMU was started: method, pid, systemd unit or log file.", type: dict, returned: when restored}
+    guest_clock:
+      description:
+        - What happened to the guest's clock after its resume (O(guest_time_sync)).
+        - "C(policy); C(synced); C(reason) when not synced (for example C(not synced: no agent)); C(agent), the agent
+          channel's socket; C(offset_before_seconds) and C(offset_after_seconds), the guest's clock minus the host's;
+          C(seconds) spent."
+      type: dict
+      returned: when restored
 failures:
   description: Per-VM errors; their state files and journal records were kept.
   returned: failure
@@ -89,12 +100,12 @@ failures:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import SCOPE_ARGS, spec
+from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import GUEST_ARGS, SCOPE_ARGS, spec
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, keep_state={"type": "bool", "default": False}),
+    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, GUEST_ARGS, keep_state={"type": "bool", "default": False}),
                            supports_check_mode=True)
     boundary.run(module, restore_host, RestoreOptions)
 

@@ -31,17 +31,26 @@ def test_table_shows_kernel_and_qemu_changes_blackout_and_state_size():
 
     lines = report.table(hosts).splitlines()
 
-    assert lines[0].split() == ["host", "batch", "status", "kernel", "QEMU", "VMs", "max", "blackout", "state"]
+    assert lines[0].split() == ["host", "batch", "status", "kernel", "QEMU", "VMs", "max", "blackout", "state", "guest",
+                                "clocks"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[2].split() == ["hv1", "1", "ok", "6.1.0", "->", "6.12.0", "9.1.0", "->", "9.2.0", "2", "0.500", "s",
-                                "500", "KiB"]
-    assert lines[3].split() == ["hv2", "2", "failed", "6.1.0", "9.2.0", "0", "-", "-"]
+                                "500", "KiB", "-"]
+    assert lines[3].split() == ["hv2", "2", "failed", "6.1.0", "9.2.0", "0", "-", "-", "-"]
     assert lines[2].index("ok") == lines[3].index("failed") == lines[0].index("status")  # columns line up
     assert len(lines[1]) == max(len(line) for line in lines)
 
 
 def test_table_of_a_host_that_reported_nothing_yet():
-    assert report.table([{"host": "hv9"}]).splitlines()[2].split() == ["hv9", "-", "?", "?", "-", "0", "-", "-"]
+    assert report.table([{"host": "hv9"}]).splitlines()[2].split() == ["hv9", "-", "?", "?", "-", "0", "-", "-", "-"]
+
+
+def test_the_guest_clocks_column_counts_the_clocks_set_and_the_largest_offset_fixed():
+    vms = [dict(vm("a", 0.1, 1024), guest_clock={"synced": True, "offset_before_seconds": -41.25}),
+           dict(vm("b", 0.1, 1024), guest_clock={"synced": True, "offset_before_seconds": -0.5}),
+           dict(vm("c", 0.1, 1024), guest_clock={"synced": False, "reason": "not synced: no agent"})]
+    assert report.clocks(host("hv1", vms=vms)) == "2/3 set (up to 41.2 s off)"
+    assert report.clocks(host("hv1", vms=vms[2:])) == "0/1 set"
 
 
 def test_html_escapes_what_hosts_and_vms_report():

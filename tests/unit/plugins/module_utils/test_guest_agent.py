@@ -1,0 +1,194 @@
+"""The guest agent's channel, its protocol and the clock sync after a resume, against a fake agent on a real socket.
+
+The real agent in a real Debian guest is in tests/integration/test_linux_guest.py."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, qemu_argv
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import GuestAgent, GuestAgentError, sync_clock
+from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import check_required_clocks, set_guest_clock
+
+
+def agent_argv(path, server="server=on,wait=off", port="org.qemu.guest_agent.0"):
+    return ["qemu", "-chardev", "socket,id=qga0,path=%s,%s" % (path, server), "-device", "virtio-serial-pci",
+            "-device", "virtserialport,chardev=qga0,name=%s" % port]
+
+
+# -- the channel, from argv ----------------------------------------------------------------------------------------
+def test_the_agent_channel_is_the_server_socket_chardev_behind_the_named_virtserialport():
+    assert qemu_argv.guest_agent_channel(agent_argv("/run/vm/qga.sock")) == qemu_argv.AgentChannel("/run/vm/qga.sock", None)
+
+
+def test_libvirts_json_device_form_is_understood():
+    argv = ["qemu", "-chardev", "socket,id=charchannel0,path=/var/lib/libvirt/qemu/ch.sock,server=on,wait=off",
+            "-device", json.dumps({"driver": "virtserialport", "bus": "virtio-serial0.0", "nr": 1,
+                                   "chardev": "charchannel0", "id": "channel0", "name": "org.qemu.guest_agent.0"})]
+    assert qemu_argv.guest_agent_channel(argv).path == "/var/lib/libvirt/qemu/ch.sock"
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (agent_argv("/run/qga.sock", server="server=off"), "connects out to /run/qga.sock"),
+    (["qemu", "-chardev", "pty,id=qga0", "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"],
+     "is a pty, not a unix socket"),
+    (["qemu", "-chardev", "socket,id=qga0,fd=23,server=on", "-device",
+      "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"], "has no socket path"),
+    (["qemu", "-device", "virtserialport,chardev=nope,name=org.qemu.guest_agent.0"], "names chardev 'nope'"),
+])
+def test_an_agent_channel_the_engine_cannot_open_says_why(argv, problem):
+    channel = qemu_argv.guest_agent_channel(argv)
+    assert channel.path is None and problem in channel.problem
+
+
+def test_a_vm_without_the_agents_port_has_no_channel():
+    assert qemu_argv.guest_agent_channel(agent_argv("/run/x.sock", port="com.example.other")) is None
+    assert qemu_argv.guest_agent_channel(["qemu", "-m", "1G"]) is None
+
+
+# -- a fake agent on a real unix socket ------------------------------------------------------------------------------
+class FakeAgent:
+    """qemu-guest-agent's side of the channel: JSON lines, guest-sync-delimited answered after 0xFF.
+
+    offset: how far the guest's clock is from the host's; guest-set-time sets it (set_error: and then fails,
+    as the real agent does when hwclock is missing); stale: bytes an earlier client left unread."""
+
+    def __init__(self, tmp_path, offset=-30.0, silent=False, set_error=None, stale=b"", ignores_set=False):
+        self.path = str(tmp_path / "qga.sock")
+        self.offset, self.silent, self.set_error, self.stale, self.ignores_set = offset, silent, set_error, stale, ignores_set
+        self.commands = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        connection = self.server.accept()[0]
+        with connection, connection.makefile("rb") as reader:
+            for raw in reader:
+                message = json.loads(raw.strip(b"\xff"))
+                self.commands.append(message["execute"])
+                if self.silent:
+                    continue
+                connection.sendall(self._answer(message))
+
+    def _answer(self, message):
+        command, arguments = message["execute"], message.get("arguments", {})
+        if command == "guest-sync-delimited":
+            return self.stale + b"\xff" + json.dumps({"return": arguments["id"]}).encode() + b"\n"
+        if command == "guest-get-time":
+            return json.dumps({"return": int(time.time_ns() + self.offset * 1e9)}).encode() + b"\n"
+        if command == "guest-set-time":
+            if not self.ignores_set:
+                self.offset = (arguments["time"] - time.time_ns()) / 1e9
+            if self.set_error:
+                return json.dumps({"error": {"class": "GenericError", "desc": self.set_error}}).encode() + b"\n"
+            return b'{"return": {}}\n'
+        return json.dumps({"error": {"class": "CommandNotFound", "desc": "no " + command}}).encode() + b"\n"
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def agent_factory(tmp_path):
+    made = []
+
+    def make(**kwargs):
+        made.append(FakeAgent(tmp_path, **kwargs))
+        return made[-1]
+    yield make
+    for agent in made:
+        agent.close()
+
+
+def test_the_clock_is_set_from_the_hosts_and_the_offsets_before_and_after_are_reported(agent_factory):
+    agent = agent_factory(offset=-41.5)
+
+    clock = sync_clock(agent_argv(agent.path), "web1", "auto")
+
+    assert clock.synced and clock.reason is None and clock.agent == agent.path
+    assert clock.offset_before_seconds == pytest.approx(-41.5, abs=0.05)
+    assert abs(clock.offset_after_seconds) < 0.05
+    assert agent.commands == ["guest-sync-delimited", "guest-get-time", "guest-set-time", "guest-get-time"]
+
+
+def test_what_an_earlier_client_left_on_the_channel_is_skipped(agent_factory):
+    agent = agent_factory(stale=b'{"return": 12}\n{"return": {}')
+
+    with GuestAgent(agent.path, "web1") as session:
+        assert isinstance(session.execute("guest-get-time"), int)
+
+
+def test_an_agent_that_sets_the_clock_but_then_fails_hwclock_counts_as_synced_with_its_words(agent_factory):
+    agent = agent_factory(set_error="failed to set hardware clock: hwclock not found")
+
+    clock = sync_clock(agent_argv(agent.path), "web1", "required")
+
+    assert clock.synced and "hwclock not found" in clock.reason
+    assert not clock.failed_required
+
+
+def test_a_clock_the_agent_did_not_move_is_not_synced(agent_factory):
+    agent = agent_factory(offset=-20.0, ignores_set=True)
+
+    clock = sync_clock(agent_argv(agent.path), "web1", "required")
+
+    assert not clock.synced and clock.failed_required
+    assert "still -20.0" in clock.reason
+
+
+def test_an_agent_that_never_answers_costs_one_bounded_wait(agent_factory):
+    agent = agent_factory(silent=True)
+
+    started = time.monotonic()
+    clock = sync_clock(agent_argv(agent.path), "web1", "auto", timeout=0.3)
+
+    assert time.monotonic() - started < 2
+    assert not clock.synced
+    assert clock.reason.startswith("not synced: the guest agent did not answer")
+
+
+def test_auto_without_an_agent_reports_not_synced_no_agent_and_off_does_nothing(tmp_path):
+    assert sync_clock(["qemu"], "web1", "auto").reason.startswith("not synced: no agent")
+    assert not sync_clock(["qemu"], "web1", "auto").failed_required
+    assert sync_clock(["qemu"], "web1", "required").failed_required
+    off = sync_clock(agent_argv(str(tmp_path / "none.sock")), "web1", "off")
+    assert not off.synced and "off" in off.reason and off.agent is None
+
+
+def test_a_channel_nothing_listens_on_is_not_synced_and_says_where(tmp_path):
+    clock = sync_clock(agent_argv(str(tmp_path / "gone.sock")), "web1", "auto")
+    assert not clock.synced and "cannot connect to its agent channel %s" % (tmp_path / "gone.sock") in clock.reason
+
+
+def test_required_clocks_that_were_not_set_fail_the_report_and_name_each_vm():
+    records = [{"vm": "web1", "guest_clock": {"policy": "required", "synced": False, "reason": "not synced: no agent"}},
+               {"vm": "db1", "guest_clock": {"policy": "auto", "synced": False, "reason": "not synced: no agent"}},
+               {"vm": "app1", "guest_clock": {"policy": "required", "synced": True}}]
+
+    with pytest.raises(GuestAgentError, match=r"1 VM\(s\) run again.*web1: not synced: no agent") as failed:
+        check_required_clocks(records, [{"vm": "web1"}], changed=True)
+
+    assert failed.value.details["changed"] is True
+    check_required_clocks(records[1:], [], changed=False)
+
+
+def test_restore_sets_the_clock_of_each_restored_vm_and_keeps_it_in_the_journal(tmp_path, monkeypatch):
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+    record = journal.write({"vm": "web1", "phase": jr.RESTORED, "launch_argv": ["qemu"]})
+    calls = []
+    monkeypatch.setattr(guest_agent, "sync_clock", lambda argv, vm, policy: calls.append((vm, policy)) or
+                        guest_agent.ClockSync(policy, False, "not synced: no agent"))
+    updated = set_guest_clock(record, journal, "auto", {"web1": "off"})
+
+    assert calls == [("web1", "off")]
+    assert journal.read("web1")["guest_clock"]["reason"] == "not synced: no agent" == updated["guest_clock"]["reason"]
