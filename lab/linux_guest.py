@@ -135,8 +135,9 @@ class LinuxVm:
 
     def argv(self) -> List[str]:
         size = "%dM" % self.ram_mb
+        # S3 on, so the guest can be suspended to RAM (guest_suspend) and woken (wakeup-suspend-support)
         return [self.binary, "-name", "guest=%s,debug-threads=on" % self.name, "-accel", "tcg", "-machine", "q35",
-                "-smp", "1", "-m", size, "-nodefaults", "-display", "none",
+                "-global", "ICH9-LPC.disable_s3=0", "-smp", "1", "-m", size, "-nodefaults", "-display", "none",
                 "-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, self.ram_path),
                 "-machine", "memory-backend=ram0",
                 "-kernel", self.image.kernel, "-initrd", self.image.initrd,

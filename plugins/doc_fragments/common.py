@@ -117,3 +117,26 @@ options:
     type: dict
     default: {}
 """
+
+    # SUSPEND_ARGS
+    SUSPEND = r"""
+options:
+  guest_suspend:
+    description:
+      - QEMU saves a VM with a C(vfio-pci) device for cpr-reboot only while its guest is suspended to RAM. Such a
+        guest is suspended through its agent (C(guest-suspend-ram)) before the save, once its journal record is on
+        disk, and QEMU's run state C(suspended) is awaited (60 s at most); the restore wakes it with
+        C(system_wakeup), and then sets its clock. Its blackout counts from its SUSPEND to its WAKEUP.
+      - The preflight refuses such a VM, before any VM is paused, when it has no agent channel, its agent does not
+        answer C(guest-ping), or its machine lacks C(wakeup-suspend-support) (on q35, C(-global ICH9-LPC.disable_s3=0)).
+      - V(auto) suspends the VMs with a C(vfio-pci) device; V(always) suspends every VM; V(never) suspends none, and
+        refuses a VFIO VM.
+    type: str
+    choices: [auto, always, never]
+    default: auto
+  guest_suspend_per_vm:
+    description:
+      - Per-VM overrides of O(guest_suspend), as a mapping of VM name to V(auto), V(always) or V(never).
+    type: dict
+    default: {}
+"""

@@ -35,7 +35,8 @@ _value:
 """
 
 VM_FIELDS = ("vm", "action", "mode", "ram_policy", "state_size", "paused_at", "resumed_at", "blackout_seconds",
-             "reason", "previous_qemu_version", "qemu_version", "pid", "restored_by", "guest_clock")
+             "reason", "previous_qemu_version", "qemu_version", "pid", "restored_by", "guest_clock",
+             "suspend_seconds")
 
 
 def vm_rows(results: Sequence[Sequence[Dict[str, Any]]]) -> List[Dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import TIME_SYNC_POLICIES
+from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import SUSPEND_POLICIES, TIME_SYNC_POLICIES
 from ansible_collections.liveupdate.cpr.plugins.module_utils.journal import DEFAULT_STATE_DIR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES, REBOOT_METHODS
 
@@ -31,6 +31,12 @@ RAM_ARGS: Dict[str, Any] = {
 GUEST_ARGS: Dict[str, Any] = {
     "guest_time_sync": {"type": "str", "choices": list(TIME_SYNC_POLICIES), "default": "auto"},
     "guest_time_sync_per_vm": {"type": "dict", "default": {}},
+}
+
+
+SUSPEND_ARGS: Dict[str, Any] = {
+    "guest_suspend": {"type": "str", "choices": list(SUSPEND_POLICIES), "default": "auto"},
+    "guest_suspend_per_vm": {"type": "dict", "default": {}},
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterable, Type, TypeVar
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
-from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import TIME_SYNC_POLICIES
+from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import SUSPEND_POLICIES, TIME_SYNC_POLICIES
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QMP_IMPORT_ERROR
 from ansible_collections.liveupdate.cpr.plugins.module_utils.ram_verdict import RAM_POLICIES
 
@@ -22,7 +22,9 @@ def run(module: AnsibleModule, engine: Callable[[Options], Dict[str, Any]], opti
     """Build ``options`` from the module's params, run ``engine`` and exit with its result or its error."""
     if needs_qmp and QMP_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("qemu.qmp"), exception=QMP_IMPORT_ERROR)
-    for option, allowed in (("ram_policy_per_vm", RAM_POLICIES), ("guest_time_sync_per_vm", TIME_SYNC_POLICIES)):
+    per_vm = (("ram_policy_per_vm", RAM_POLICIES), ("guest_time_sync_per_vm", TIME_SYNC_POLICIES),
+              ("guest_suspend_per_vm", SUSPEND_POLICIES))
+    for option, allowed in per_vm:
         bad = {vm: policy for vm, policy in (module.params.get(option) or {}).items() if policy not in allowed}
         if bad:
             module.fail_json(msg="%s: %s; each policy must be one of %s." % (

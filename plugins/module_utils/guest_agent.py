@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
@@ -27,6 +27,8 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprEr
 AGENT_TIMEOUT = 5.0
 DELIMITER = b"\xff"
 TIME_SYNC_POLICIES = ("auto", "required", "off")
+# auto: only a VM with a vfio-pci device, which QEMU saves for cpr-reboot only with its guest suspended
+SUSPEND_POLICIES = ("auto", "always", "never")
 # A clock this close to the host's after guest-set-time counts as set; the measure itself is a round trip.
 SYNCED_WITHIN_SECONDS = 1.0
 
@@ -73,6 +75,22 @@ class GuestAgent:
                                   qemu_message=reply["error"].get("desc"))
         return reply.get("return")
 
+    def send_without_reply(self, command: str, arguments: Optional[Mapping[str, Any]] = None) -> None:
+        """A command the agent answers only when it fails (guest-suspend-ram); see failure()."""
+        self._send(command, arguments)
+        self._socket().settimeout(0)
+
+    def failure(self) -> Optional[str]:
+        """The error the agent sent for a command sent without reply, if one has come by now."""
+        try:
+            self._receive()
+        except GuestAgentError:
+            return None  # nothing yet (or the channel closed as the guest went to sleep)
+        if b"\n" not in self._buffer:
+            return None
+        reply = self._read_reply()
+        return str(reply["error"].get("desc")) if "error" in reply else None
+
     def _sync(self) -> None:
         token = int.from_bytes(os.urandom(4), "big") >> 1
         # a 0xFF first resets the agent's parser, should an earlier client have left half a command
@@ -107,6 +125,8 @@ class GuestAgent:
     def _receive(self) -> None:
         try:
             chunk = self._socket().recv(65536)
+        except BlockingIOError as exc:
+            raise GuestAgentError("nothing from the guest agent yet.", vm=self.vm) from exc
         except socket.timeout as exc:
             raise GuestAgentError(
                 "the guest agent did not answer on %s within %.0f s." % (self.socket_path, self.timeout), vm=self.vm,
@@ -180,6 +200,48 @@ def sync_clock(argv: Sequence[str], vm: str, policy: str, timeout: float = AGENT
             result.reason = "not synced: the guest's clock is still %.3f s off the host's%s" % (
                 result.offset_after_seconds, " (%s)" % result.reason if result.reason else "")
     return result
+
+
+def suspend_reason(argv: Sequence[str], policy: str) -> Optional[str]:
+    """Why this VM's guest is suspended to RAM before its save, or None when it is not."""
+    if policy == "always":
+        return "guest_suspend is always"
+    devices = qemu_argv.passthrough_devices(argv)
+    if devices and policy == "auto":
+        return "vfio-pci %s: QEMU saves a VFIO VM for cpr-reboot only with its guest suspended" % ", ".join(devices)
+    return None
+
+
+def suspend_refusals(argv: Sequence[str], vm: str, policy: str, wakeup_supported: bool) -> List[str]:
+    """Why a VM that must be suspended for its save cannot be, checked before anything is paused."""
+    devices = qemu_argv.passthrough_devices(argv)
+    if devices and policy == "never":
+        return ["it has vfio-pci %s and guest_suspend is never, but QEMU refuses cpr-reboot of a VFIO VM unless its "
+                "guest is suspended" % ", ".join(devices)]
+    why = suspend_reason(argv, policy)
+    if why is None:
+        return []
+    reasons = []
+    if not wakeup_supported:
+        reasons.append("its guest must be suspended for the save (%s), but its machine cannot wake it "
+                       "(query-current-machine: wakeup-suspend-support is false)" % why)
+    channel = qemu_argv.guest_agent_channel(argv)
+    if channel is None or channel.path is None:
+        reasons.append("its guest must be suspended for the save (%s), but there is no agent to suspend it: %s" % (
+            why, channel.problem if channel else "no virtserialport named %s" % qemu_argv.GUEST_AGENT_PORT))
+    else:
+        try:
+            with GuestAgent(channel.path, vm) as agent:
+                agent.execute("guest-ping")
+        except GuestAgentError as exc:
+            reasons.append("its guest must be suspended for the save (%s), but its agent: %s" % (why, exc.message))
+    return reasons
+
+
+SUSPEND_FIX = ("give %(vm)s an agent channel (-chardev socket,id=qga0,path=...,server=on,wait=off -device "
+               "virtio-serial-pci -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0) with "
+               "qemu-guest-agent running in the guest, and a machine that can wake it (on q35: -global "
+               "ICH9-LPC.disable_s3=0); or leave %(vm)s out with vms")
 
 
 def policy_of(vm: str, default: str, per_vm: Mapping[str, str]) -> str:

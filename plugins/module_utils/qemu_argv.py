@@ -234,6 +234,17 @@ def guest_agent_channel(argv: Sequence[str]) -> Optional[AgentChannel]:
     return None
 
 
+def passthrough_devices(argv: Sequence[str]) -> List[str]:
+    """The VM's vfio-pci devices, by host address (or sysfsdev, or id)."""
+    found = []
+    for opt in parse_options(argv):
+        if opt.name == "device" and opt.value is not None:
+            device = _device_props(opt.value)
+            if device.get("driver") == "vfio-pci":
+                found.append(str(device.get("host") or device.get("sysfsdev") or device.get("id") or "vfio-pci"))
+    return found
+
+
 # -- RAM backends -----------------------------------------------------------
 @dataclass
 class RamBackend:

@@ -30,7 +30,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 30.0
 # Events kept for timing: QEMU stamps them itself, so the blackout we report
 # is QEMU's own view of when the guest stopped and resumed.
-TIMED_EVENTS = ("STOP", "RESUME", "MIGRATION", "SHUTDOWN")
+TIMED_EVENTS = ("STOP", "RESUME", "MIGRATION", "SHUTDOWN", "SUSPEND", "WAKEUP")
 
 
 def event_time(event: Mapping[str, Any]) -> float:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import ram_verdict
+from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, qemu_argv, ram_verdict
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, binary_version
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
@@ -35,12 +35,14 @@ class Readiness:
     verdict: Optional[ram_verdict.RamVerdict] = None
     ram_survives: Optional[str] = None
     outdated: Optional[str] = None
+    suspend: Optional[str] = None     # why its guest is suspended to RAM before the save, when it is
 
     def as_dict(self) -> Dict[str, Any]:
         result = self.vm.summary()
         result.update(ready=self.ready, reasons=self.reasons, qemu_version=self.qemu_version,
                       status=self.status, machine_type=self.machine_type, blockers=self.blockers,
-                      ram=self.verdict.as_dict() if self.verdict else None, outdated=self.outdated)
+                      ram=self.verdict.as_dict() if self.verdict else None, outdated=self.outdated,
+                      suspend=self.suspend)
         return result
 
 
@@ -95,8 +97,24 @@ def outdated_reason(vm: QemuProcess, running_version: Optional[str]) -> Optional
     return None
 
 
+def _assess_suspend(result: Readiness, session: QmpSession, policy: str) -> None:
+    """A VM whose guest must be suspended for its save: an agent that answers, a machine that can wake it."""
+    vm = result.vm
+    if guest_agent.suspend_reason(vm.argv, policy) is None and not qemu_argv.passthrough_devices(vm.argv):
+        return
+    wakes = bool(session.execute("query-current-machine").get("wakeup-suspend-support"))
+    refusals = guest_agent.suspend_refusals(vm.argv, vm.name, policy, wakes)
+    if not refusals and result.status != "running":
+        refusals.append("its guest must be suspended for the save, and a %s guest cannot suspend itself" % result.status)
+    result.reasons.extend(refusals)
+    if refusals:
+        result.fixes.append(guest_agent.SUSPEND_FIX % {"vm": vm.name})
+    else:
+        result.suspend = guest_agent.suspend_reason(vm.argv, policy)
+
+
 def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: Sequence[str],
-           mounts: Sequence[ram_verdict.Mount], check_outdated: bool = False) -> Readiness:
+           mounts: Sequence[ram_verdict.Mount], check_outdated: bool = False, suspend_policy: str = "auto") -> Readiness:
     """Readiness of one running VM; never raises for a VM-level problem, it lists reasons."""
     result = Readiness(vm)
     if vm.supervisor.refusal:
@@ -124,6 +142,7 @@ def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: S
                 result.reasons.extend("QEMU blocks cpr-reboot: %s" % blocker for blocker in result.blockers)
                 if result.blockers:
                     result.fixes.append("remove what QEMU names from %s, or leave it out with vms" % vm.name)
+                _assess_suspend(result, session, suspend_policy)
     except QmpError as exc:
         result.reasons.append(str(exc.message))
         result.fixes.append(exc.fix or "check the QMP socket of %s" % vm.name)

@@ -112,6 +112,23 @@ def _quit_failed_incoming(record: Dict[str, Any]) -> None:
             wait_gone(vm.pid, 30)
 
 
+def _wake_if_suspended(session: QmpSession, record: Dict[str, Any]) -> bool:
+    """system_wakeup for a guest that vm_save suspended to RAM: QEMU loads it suspended."""
+    if not record.get("suspended_by_engine"):
+        return False
+    status = session.wait_for(_settled_status, 30, what="the loaded VM to leave inmigrate")
+    if status != "suspended":
+        return False
+    session.execute("system_wakeup")
+    session.wait_for(lambda s: readiness.run_status(s) != "suspended", 30, what="the guest to wake up")
+    return True
+
+
+def _settled_status(session: QmpSession) -> Optional[str]:
+    status = readiness.run_status(session)
+    return None if status == "inmigrate" else status
+
+
 def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, timeout: float,
                 restored_by: str = RESTORED_BY_ANSIBLE) -> Dict[str, Any]:
     verify_state_file(record)
@@ -130,12 +147,14 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                                    vm=record["vm"], qemu_message=info.get("error-desc"),
                                    fix="QEMU (pid %d) was left running to show the error; the state file and journal "
                                        "are kept. Fix the cause and run vm_restore again." % started.pid)
+            woken = _wake_if_suspended(session, record)
             status = readiness.run_status(session)
             if record.get("run_state_at_save") == "running" and status != "running":
                 session.execute("cont")
             want = "running" if record.get("run_state_at_save") == "running" else "paused"
             session.wait_for(lambda s: readiness.run_status(s) == want, 30, what="the VM to be %s" % want)
-            resumed_at = session.last_event_time("RESUME") or jr.now()
+            # a guest the save suspended serves again from its WAKEUP, not from QEMU's RESUME
+            resumed_at = (woken and session.last_event_time("WAKEUP")) or session.last_event_time("RESUME") or jr.now()
     except CprError as exc:
         if started is not None and not process_exists(started.pid):
             # QEMU served its monitor, then exited (an argument it could not honour this boot): say what it said

@@ -17,7 +17,14 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_token, migration, qemu_argv, ram_verdict, readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import (
+    boot_token,
+    guest_agent,
+    migration,
+    qemu_argv,
+    ram_verdict,
+    readiness,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, wait_gone
@@ -35,6 +42,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope,
 from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
 
 PARTIAL_SUFFIX = ".partial"
+SUSPEND_SECONDS = 60.0
 # Device state is about 300 KB; leave room for it and for the journal.
 DEVICE_STATE_ALLOWANCE = 8 << 20
 FREE_SPACE_MARGIN = 64 << 20
@@ -51,9 +59,14 @@ class SaveOptions:
     persistent_paths: Sequence[str] = ()
     timeout: float = 600.0
     check_mode: bool = False
+    guest_suspend: str = "auto"
+    guest_suspend_per_vm: Dict[str, str] = field(default_factory=dict)
 
     def policy_for(self, vm: str) -> str:
         return self.ram_policy_per_vm.get(vm, self.ram_policy)
+
+    def suspend_policy_for(self, vm: str) -> str:
+        return self.guest_suspend_per_vm.get(vm, self.guest_suspend)
 
 
 def check_state_dir(journal: jr.Journal, check_mode: bool) -> None:
@@ -71,7 +84,8 @@ def check_state_dir(journal: jr.Journal, check_mode: bool) -> None:
 def assess_all(vms: Sequence[Any], opts: SaveOptions, check_outdated: bool = False) -> List[readiness.Readiness]:
     mounts = ram_verdict.read_mounts()
     outcomes = run_each(list(vms), lambda vm: readiness.assess(
-        vm, opts.reboot_method, opts.policy_for(vm.name), opts.persistent_paths, mounts, check_outdated))
+        vm, opts.reboot_method, opts.policy_for(vm.name), opts.persistent_paths, mounts, check_outdated,
+        opts.suspend_policy_for(vm.name)))
     results = []
     for _vm, outcome in outcomes:
         if isinstance(outcome, Exception):
@@ -131,7 +145,7 @@ def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any
         "reboot_method": ready.verdict.reboot_method, "ram_survives": ready.ram_survives,
         "collection_version": COLLECTION_VERSION,
         "ram_backends": [b.as_dict() for b in vm.ram], "run_state_at_save": ready.status,
-        "supervisor": vm.supervisor.as_dict(), "error": None, "timestamps": {},
+        "supervisor": vm.supervisor.as_dict(), "error": None, "timestamps": {}, "suspend_reason": ready.suspend,
     }
 
 
@@ -144,8 +158,12 @@ def public_view(record: Dict[str, Any], action: str) -> Dict[str, Any]:
 
 
 def _resume_after_failure(session: QmpSession, record: Dict[str, Any]) -> str:
-    """Leave the VM as it was before the save: running if it ran, in normal mode."""
+    """Leave the VM as it was before the save: running if it ran, awake if we suspended it, in normal mode."""
     status = readiness.run_status(session)
+    if record.get("suspended_by_engine") and status == "suspended":
+        session.execute("system_wakeup")
+        session.wait_for(lambda s: readiness.run_status(s) != "suspended", SUSPEND_SECONDS, what="the guest to wake")
+        status = readiness.run_status(session)
     if record["run_state_at_save"] == "running" and status != "running":
         session.execute("cont")
         status = readiness.run_status(session)
@@ -160,6 +178,28 @@ def _set_aside_partial(state_file: str) -> Optional[str]:
     return state_file + PARTIAL_SUFFIX
 
 
+def suspend_guest(session: QmpSession, record: Dict[str, Any], journal: jr.Journal) -> Dict[str, Any]:
+    """Suspend the guest to RAM through its agent, and wait (bounded) for QEMU to say it is suspended."""
+    channel = qemu_argv.guest_agent_channel(record["argv"])
+    if channel is None or channel.path is None:
+        raise SaveError("its guest must be suspended, and its agent channel is gone.", vm=record["vm"])
+    # journaled first: a failure from here on must wake it
+    record = journal.write(dict(record, suspended_by_engine=True))
+    asked = jr.now()
+    with guest_agent.GuestAgent(channel.path, record["vm"]) as agent:
+        agent.send_without_reply("guest-suspend-ram")
+
+        def suspended(s: QmpSession) -> bool:
+            refused = agent.failure()
+            if refused:
+                raise SaveError("the guest agent refused guest-suspend-ram: %s" % refused, vm=record["vm"],
+                                fix="check that the guest supports suspend to RAM (mem in /sys/power/state).")
+            return readiness.run_status(s) == "suspended"
+        session.wait_for(suspended, SUSPEND_SECONDS, 0.05, what="the guest to suspend itself", wake_on_events=True)
+    suspended_at = session.last_event_time("SUSPEND") or jr.now()
+    return journal.write(dict(record, suspended_at=suspended_at, suspend_seconds=round(suspended_at - asked, 6)))
+
+
 def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) -> Dict[str, Any]:
     """Save one ready VM; the journal record is on disk before the VM pauses."""
     vm = ready.vm
@@ -167,6 +207,8 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
     state_file = record["state_file"]
     with QmpSession(record["qmp"]["path"], vm.name) as session:
         try:
+            if record.get("suspend_reason"):
+                record = suspend_guest(session, record, journal)
             migration.set_cpr_mode(session, record["x_ignore_shared"])
             started = jr.now()
             info = migration.save_to(session, state_file, timeout)
@@ -177,7 +219,8 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
             if status != "postmigrate":
                 raise SaveError("after the migration the VM is %s, not postmigrate." % status, vm=vm.name)
             jr.fsync_path(state_file)
-            paused_at = session.last_event_time("STOP") or started
+            # a suspended guest stopped serving at its SUSPEND, and QEMU sends no STOP for it
+            paused_at = record.get("suspended_at") or session.last_event_time("STOP") or started
             journal.write(dict(record, state_sha256=jr.sha256_of(state_file), state_size=os.path.getsize(state_file),
                                state_complete=True, paused_at=paused_at,
                                save_seconds=round(jr.now() - paused_at, 6)))

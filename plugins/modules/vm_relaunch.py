@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - liveupdate.cpr.common.guest
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
+  - liveupdate.cpr.common.suspend
 options:
   force:
     description: Cycle every VM in scope, outdated or not.
@@ -104,6 +105,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import 
     RAM_ARGS,
     SCOPE_ARGS,
     SELECTION_ARGS,
+    SUSPEND_ARGS,
     spec,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.relaunch import RelaunchOptions, relaunch_host
@@ -111,7 +113,8 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.relaunch import Rel
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, GUEST_ARGS, force={"type": "bool", "default": False},
+        argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, GUEST_ARGS, SUSPEND_ARGS,
+                           force={"type": "bool", "default": False},
                            keep_state={"type": "bool", "default": False},
                            # the choices the ram fragment documents; the engine refuses all but none, saying what to use instead
                            reboot_method={"type": "str", "choices": ["kexec", "reboot", "none"], "default": "none"}),

@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
+  - liveupdate.cpr.common.suspend
 attributes:
   check_mode:
     description: Runs every check and reports which VMs would be saved and how; sends only C(query-*) commands
@@ -84,12 +85,18 @@ failures:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import RAM_ARGS, SCOPE_ARGS, SELECTION_ARGS, spec
+from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import (
+    RAM_ARGS,
+    SCOPE_ARGS,
+    SELECTION_ARGS,
+    SUSPEND_ARGS,
+    spec,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, save_host
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, SUSPEND_ARGS), supports_check_mode=True)
     boundary.run(module, save_host, SaveOptions)
 
 

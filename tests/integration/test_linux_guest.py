@@ -100,7 +100,9 @@ def test_relaunch_keeps_a_real_guest_and_sets_its_clock(linux_lab: LinuxLab) -> 
     assert done["action"] == "relaunched"
     assert done["guest_clock"]["synced"], done["guest_clock"]
     kept(vm, before)
-    assert abs(vm.clock_offset() - offset_before) <= SYNCED_DRIFT
+    # stronger than "changed by at most 0.5 s": a guest booted from the RTC's whole seconds may start up to 1 s off,
+    # and the sync takes that away too
+    assert abs(vm.clock_offset()) <= SYNCED_DRIFT, offset_before
     print("vm_relaunch of a real guest: blackout %.3f s, clock %s" % (done["blackout_seconds"], done["guest_clock"]))
 
 
@@ -108,8 +110,12 @@ def test_save_wait_restore_sets_the_clock_and_without_sync_it_lags_by_the_blacko
     names = list(linux_lab.vms)
     before = {name: (vm.facts(), vm.clock_offset()) for name, vm in linux_lab.vms.items()}
 
-    saved = run_module("vm_save", linux_lab.scope(reboot_method="none"))
+    # lg-sync also goes through the passthrough guests' path: suspended to RAM before its save, woken after its load
+    saved = run_module("vm_save", linux_lab.scope(reboot_method="none", guest_suspend_per_vm={"lg-sync": "always"}))
     assert saved.rc == 0, saved.result
+    suspended = by_vm(saved.result)["lg-sync"]
+    assert suspended["suspend_reason"] == "guest_suspend is always" and suspended["suspended_by_engine"]
+    assert "suspended_by_engine" not in by_vm(saved.result)["lg-drift"]
     time.sleep(30)
     restored = run_module("vm_restore", {"state_dir": str(linux_lab.state_dir),
                                          "guest_time_sync_per_vm": {"lg-drift": "off"}})
@@ -120,13 +126,19 @@ def test_save_wait_restore_sets_the_clock_and_without_sync_it_lags_by_the_blacko
     for name, vm in linux_lab.vms.items():
         kept(vm, before[name][0])
     synced, drift = vms["lg-sync"], vms["lg-drift"]
-    assert synced["guest_clock"]["synced"] and synced["guest_clock"]["offset_before_seconds"] < -29
-    assert abs(linux_lab.vms["lg-sync"].clock_offset() - before["lg-sync"][1]) <= SYNCED_DRIFT
+    # woken from S3, the guest's kernel rereads the RTC (which QEMU keeps at the host's time), so it is nearly right
+    # even before the sync; lg-drift, neither suspended nor synced, shows the blackout
+    assert synced["guest_clock"]["synced"] and abs(synced["guest_clock"]["offset_after_seconds"]) < SYNCED_DRIFT
+    assert abs(linux_lab.vms["lg-sync"].clock_offset()) <= SYNCED_DRIFT, before["lg-sync"][1]
     assert drift["guest_clock"] == dict(drift["guest_clock"], synced=False, reason="not synced: guest_time_sync is off")
     lag = before["lg-drift"][1] - linux_lab.vms["lg-drift"].clock_offset()
     assert abs(lag - drift["blackout_seconds"]) <= 1.0, (lag, drift["blackout_seconds"])
-    print("after a %.1f s blackout: synced clock offset %+.3f s, unsynced %+.3f s" % (
-        synced["blackout_seconds"], synced["guest_clock"]["offset_after_seconds"], -lag))
+    woke = linux_lab.vms["lg-sync"].ssh(["journalctl", "-b", "-k", "--no-pager", "-g", "PM: suspend exit"])
+    assert "PM: suspend exit" in woke, "the guest's own log shows no resume from suspend"
+    clock = synced["guest_clock"]
+    print("after a %.1f s blackout: suspended and synced, offset %+.3f s before the sync and %+.3f s after; "
+          "unsynced %+.3f s; suspend took %.3f s" % (synced["blackout_seconds"], clock["offset_before_seconds"],
+                                                     clock["offset_after_seconds"], -lag, suspended["suspend_seconds"]))
 
 
 def test_the_boot_units_entry_point_sets_the_clocks_of_the_guests_it_resumes(linux_lab: LinuxLab) -> None:
@@ -185,7 +197,7 @@ def test_a_fleet_rollout_over_a_lab_host_whose_vm_is_a_real_guest(tmp_path: Path
         assert after["exe_sha256"] != before["exe_sha256"], "runs the new QEMU build"
         assert after["now"]["boot_id"] == before["now"]["boot_id"] and after["now"]["sleeper"] == "gone"
         assert after["now"]["uptime"] > before["now"]["uptime"]
-        assert abs(after["now"]["clock_offset"]) <= SYNCED_DRIFT + abs(before["now"]["clock_offset"])
+        assert abs(after["now"]["clock_offset"]) <= SYNCED_DRIFT, before["now"]["clock_offset"]
         relaunched = [r for r in run.results() if "vms" in r and any(v.get("action") == "relaunched" for v in r["vms"])]
         assert relaunched and relaunched[0]["vms"][0]["guest_clock"]["synced"], relaunched
     finally:

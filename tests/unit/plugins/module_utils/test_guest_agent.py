@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, qemu_argv
+from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, qemu_argv, restore, save
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import GuestAgent, GuestAgentError, sync_clock
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import check_required_clocks, set_guest_clock
@@ -83,6 +83,8 @@ class FakeAgent:
         command, arguments = message["execute"], message.get("arguments", {})
         if command == "guest-sync-delimited":
             return self.stale + b"\xff" + json.dumps({"return": arguments["id"]}).encode() + b"\n"
+        if command == "guest-ping":
+            return b'{"return": {}}\n'
         if command == "guest-get-time":
             return json.dumps({"return": int(time.time_ns() + self.offset * 1e9)}).encode() + b"\n"
         if command == "guest-set-time":
@@ -192,3 +194,88 @@ def test_restore_sets_the_clock_of_each_restored_vm_and_keeps_it_in_the_journal(
 
     assert calls == [("web1", "off")]
     assert journal.read("web1")["guest_clock"]["reason"] == "not synced: no agent" == updated["guest_clock"]["reason"]
+
+
+# -- suspend to RAM for passthrough guests ---------------------------------------------------------------------------
+VFIO = ["-device", "vfio-pci,host=0000:3b:00.0,id=gpu0"]
+
+
+def test_a_vfio_pci_device_is_found_in_keyval_and_json_form():
+    assert qemu_argv.passthrough_devices(["qemu"] + VFIO) == ["0000:3b:00.0"]
+    assert qemu_argv.passthrough_devices(["qemu", "-device", json.dumps({"driver": "vfio-pci", "host": "af:00.1"})]) == \
+        ["af:00.1"]
+    assert qemu_argv.passthrough_devices(["qemu", "-device", "virtio-net-pci"]) == []
+
+
+def test_auto_suspends_only_vfio_vms_and_always_every_vm():
+    assert "vfio-pci 0000:3b:00.0" in guest_agent.suspend_reason(["qemu"] + VFIO, "auto")
+    assert guest_agent.suspend_reason(["qemu"], "auto") is None
+    assert guest_agent.suspend_reason(["qemu"], "always") == "guest_suspend is always"
+    assert guest_agent.suspend_reason(["qemu"] + VFIO, "never") is None
+
+
+def test_a_vfio_vm_without_an_agent_or_wakeup_is_refused_with_each_reason(tmp_path):
+    reasons = guest_agent.suspend_refusals(["qemu"] + VFIO, "gpu1", "auto", wakeup_supported=False)
+    assert len(reasons) == 2
+    assert "cannot wake it (query-current-machine: wakeup-suspend-support is false)" in reasons[0]
+    assert "no agent to suspend it: no virtserialport named org.qemu.guest_agent.0" in reasons[1]
+    never = guest_agent.suspend_refusals(["qemu"] + VFIO, "gpu1", "never", wakeup_supported=True)
+    assert never and "QEMU refuses cpr-reboot of a VFIO VM unless its guest is suspended" in never[0]
+    silent = guest_agent.suspend_refusals(agent_argv(str(tmp_path / "gone.sock")) + VFIO, "gpu1", "auto", True)
+    assert "but its agent: cannot connect" in silent[0]
+
+
+def test_a_vfio_vm_with_an_answering_agent_and_wakeup_may_be_saved(agent_factory):
+    agent = agent_factory()
+    assert guest_agent.suspend_refusals(agent_argv(agent.path) + VFIO, "gpu1", "auto", wakeup_supported=True) == []
+    assert "guest-ping" in agent.commands
+
+
+def test_an_error_to_a_command_sent_without_reply_is_read_and_silence_is_none(agent_factory):
+    agent = agent_factory()
+    with GuestAgent(agent.path, "web1") as session:
+        session.send_without_reply("guest-suspend-ram")
+        deadline = time.monotonic() + 2
+        failure = None
+        while failure is None and time.monotonic() < deadline:
+            failure = session.failure()
+        assert failure == "no guest-suspend-ram"
+        assert session.failure() is None
+
+
+class WakingSession:
+    """A QMP session of a suspended VM: system_wakeup makes it run."""
+
+    def __init__(self, status="suspended"):
+        self.status, self.sent = status, []
+
+    def execute(self, command, arguments=None, timeout=None):
+        self.sent.append(command)
+        if command == "query-status":
+            return {"status": self.status}
+        if command == "system_wakeup":
+            self.status = "running"
+        return {}
+
+    def wait_for(self, predicate, timeout, interval=0.02, what="", wake_on_events=False):
+        value = predicate(self)
+        assert value, "would wait for %s" % what
+        return value
+
+
+def test_a_guest_the_save_suspended_is_woken_when_its_save_fails():
+    session = WakingSession()
+
+    status = save._resume_after_failure(session, {"suspended_by_engine": True, "run_state_at_save": "running"})
+
+    assert status == "running" and "system_wakeup" in session.sent
+    assert session.sent.index("system_wakeup") < session.sent.index("migrate-set-parameters")
+
+
+def test_the_restore_wakes_only_a_guest_the_save_suspended():
+    session = WakingSession()
+    assert restore._wake_if_suspended(session, {"suspended_by_engine": True}) is True
+    assert session.status == "running"
+    untouched = WakingSession()
+    assert restore._wake_if_suspended(untouched, {}) is False
+    assert untouched.sent == []
