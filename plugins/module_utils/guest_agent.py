@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_argv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError
@@ -144,6 +144,14 @@ class GuestAgent:
         return self._sock
 
 
+def agent_path(argv: Sequence[str]) -> Tuple[Optional[str], str]:
+    """The agent channel's socket, or None and why the engine cannot reach an agent."""
+    channel = qemu_argv.guest_agent_channel(argv)
+    if channel is None:
+        return None, "no virtserialport named %s" % qemu_argv.GUEST_AGENT_PORT
+    return channel.path, channel.problem or ""
+
+
 def clock_offset(agent: GuestAgent) -> float:
     """The guest's clock minus the host's, in seconds, read at the middle of the round trip."""
     asked = time.time_ns()
@@ -176,14 +184,13 @@ def sync_clock(argv: Sequence[str], vm: str, policy: str, timeout: float = AGENT
     """Set a resumed guest's clock from the host's with guest-set-time, and measure its offset before and after."""
     if policy == "off":
         return ClockSync(policy, False, "not synced: guest_time_sync is off")
-    channel = qemu_argv.guest_agent_channel(argv)
-    if channel is None or channel.path is None:
-        return ClockSync(policy, False, "not synced: no agent (%s)" % (
-            channel.problem if channel else "no virtserialport named %s" % qemu_argv.GUEST_AGENT_PORT))
+    path, unreachable = agent_path(argv)
+    if path is None:
+        return ClockSync(policy, False, "not synced: no agent (%s)" % unreachable)
     started = time.monotonic()
-    result = ClockSync(policy, False, agent=channel.path)
+    result = ClockSync(policy, False, agent=path)
     try:
-        with GuestAgent(channel.path, vm, timeout) as agent:
+        with GuestAgent(path, vm, timeout) as agent:
             result.offset_before_seconds = clock_offset(agent)
             try:
                 agent.execute("guest-set-time", {"time": time.time_ns()})
@@ -212,26 +219,26 @@ def suspend_reason(argv: Sequence[str], policy: str) -> Optional[str]:
     return None
 
 
-def suspend_refusals(argv: Sequence[str], vm: str, policy: str, wakeup_supported: bool) -> List[str]:
-    """Why a VM that must be suspended for its save cannot be, checked before anything is paused."""
+def suspend_refusals(argv: Sequence[str], vm: str, policy: str, why: Optional[str], wakeup_supported: bool
+                     ) -> List[str]:
+    """Why a VM cannot be saved for want of a suspend (``why``: suspend_reason's), checked before anything pauses."""
     devices = qemu_argv.passthrough_devices(argv)
     if devices and policy == "never":
         return ["it has vfio-pci %s and guest_suspend is never, but QEMU refuses cpr-reboot of a VFIO VM unless its "
                 "guest is suspended" % ", ".join(devices)]
-    why = suspend_reason(argv, policy)
     if why is None:
         return []
     reasons = []
     if not wakeup_supported:
         reasons.append("its guest must be suspended for the save (%s), but its machine cannot wake it "
                        "(query-current-machine: wakeup-suspend-support is false)" % why)
-    channel = qemu_argv.guest_agent_channel(argv)
-    if channel is None or channel.path is None:
+    path, unreachable = agent_path(argv)
+    if path is None:
         reasons.append("its guest must be suspended for the save (%s), but there is no agent to suspend it: %s" % (
-            why, channel.problem if channel else "no virtserialport named %s" % qemu_argv.GUEST_AGENT_PORT))
+            why, unreachable))
     else:
         try:
-            with GuestAgent(channel.path, vm) as agent:
+            with GuestAgent(path, vm) as agent:
                 agent.execute("guest-ping")
         except GuestAgentError as exc:
             reasons.append("its guest must be suspended for the save (%s), but its agent: %s" % (why, exc.message))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import wait_until
 
@@ -68,7 +69,7 @@ def run_status_after_save(session: QmpSession) -> str:
     seen = {"status": ""}
 
     def settled() -> bool:
-        seen["status"] = str(session.execute("query-status")["status"])
+        seen["status"] = readiness.run_status(session)
         return seen["status"] != "finish-migrate"
     wait_until(settled, SETTLE_SECONDS, RECHECK_SECONDS)
     return seen["status"]

@@ -147,6 +147,17 @@ def pidfile(argv: Sequence[str]) -> Optional[str]:
 
 
 # -- QMP endpoints ----------------------------------------------------------
+def chardevs_by_id(options: Sequence[Option]) -> Dict[str, Dict[str, str]]:
+    """Each ``-chardev`` with an id, as its key=value pairs (the backend under "backend")."""
+    chardevs: Dict[str, Dict[str, str]] = {}
+    for opt in options:
+        if opt.name == "chardev" and opt.value is not None:
+            chardev = dict(split_keyval(opt.value, "backend"))
+            if "id" in chardev:
+                chardevs[chardev["id"]] = chardev
+    return chardevs
+
+
 @dataclass
 class QmpEndpoint:
     path: str
@@ -165,12 +176,7 @@ def qmp_endpoints(argv: Sequence[str]) -> Tuple[List[QmpEndpoint], List[str]]:
                 endpoints.append(QmpEndpoint(spec[len("unix:"):], "qmp"))
             else:
                 unusable.append("-%s %s is not a unix socket" % (opt.name, spec))
-    chardevs: Dict[str, Dict[str, str]] = {}
-    for opt in options:
-        if opt.name == "chardev" and opt.value is not None:
-            chardev = dict(split_keyval(opt.value, "backend"))
-            if "id" in chardev:
-                chardevs[chardev["id"]] = chardev
+    chardevs = chardevs_by_id(options)
     for opt in options:
         if opt.name == "mon" and opt.value is not None:
             mon = dict(split_keyval(opt.value, "chardev"))
@@ -206,11 +212,7 @@ def guest_agent_channel(argv: Sequence[str]) -> Optional[AgentChannel]:
 
     None when the VM has no such port. QEMU must be the socket's server: the engine connects to it."""
     options = parse_options(argv)
-    chardevs: Dict[str, Dict[str, str]] = {}
-    for opt in options:
-        if opt.name == "chardev" and opt.value is not None:
-            chardev = dict(split_keyval(opt.value, "backend"))
-            chardevs[chardev.get("id", "")] = chardev
+    chardevs = chardevs_by_id(options)
     for opt in options:
         if opt.name != "device" or opt.value is None:
             continue

@@ -100,17 +100,18 @@ def outdated_reason(vm: QemuProcess, running_version: Optional[str]) -> Optional
 def _assess_suspend(result: Readiness, session: QmpSession, policy: str) -> None:
     """A VM whose guest must be suspended for its save: an agent that answers, a machine that can wake it."""
     vm = result.vm
-    if guest_agent.suspend_reason(vm.argv, policy) is None and not qemu_argv.passthrough_devices(vm.argv):
+    why = guest_agent.suspend_reason(vm.argv, policy)
+    if why is None and not qemu_argv.passthrough_devices(vm.argv):
         return
     wakes = bool(session.execute("query-current-machine").get("wakeup-suspend-support"))
-    refusals = guest_agent.suspend_refusals(vm.argv, vm.name, policy, wakes)
+    refusals = guest_agent.suspend_refusals(vm.argv, vm.name, policy, why, wakes)
     if not refusals and result.status != "running":
         refusals.append("its guest must be suspended for the save, and a %s guest cannot suspend itself" % result.status)
     result.reasons.extend(refusals)
     if refusals:
         result.fixes.append(guest_agent.SUSPEND_FIX % {"vm": vm.name})
     else:
-        result.suspend = guest_agent.suspend_reason(vm.argv, policy)
+        result.suspend = why
 
 
 def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: Sequence[str],

@@ -228,9 +228,11 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
     # their clocks are set again: the boot unit set them from a host clock fresh from the RTC, and by now the host's
     # own may be synced; a rerun after a failed guest_time_sync=required tries again
     resumed_this_boot: List[Dict[str, Any]] = []
+    boot = jr.boot_id()
     for record in chosen:
         phase = record.get("phase")
-        if phase == jr.RESTORED and record["vm"] in running and _resumed_in_this_boot(record) and not opts.check_mode:
+        resumed_here = record["vm"] in running and record.get("restored_boot_id") == boot
+        if phase == jr.RESTORED and resumed_here and not opts.check_mode:
             resumed_this_boot.append(record)
         elif phase in (jr.RESTORED, jr.SAVE_FAILED):
             results.append(public_view(record, _action_of_finished(record)))
@@ -246,7 +248,6 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
                 fix="if that VM was cold-booted on purpose, move its .json and .state files out of %s." % opts.state_dir)
         else:
             todo.append(record)
-    boot = jr.boot_id()
     proof = boot_token.prove(journal.state_dir) if todo else boot_token.BootProof(False, "nothing to restore")
     if opts.check_mode:
         for record in todo:
@@ -279,10 +280,6 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
             failures=failures, vms=results, changed=changed)
     check_required_clocks([record for _item, record in resynced + done], results, changed)
     return {"changed": changed, "vms": results}
-
-
-def _resumed_in_this_boot(record: Dict[str, Any]) -> bool:
-    return bool(record.get("restored_boot_id") == jr.boot_id())
 
 
 def _action_of_finished(record: Dict[str, Any]) -> str:

@@ -180,13 +180,13 @@ def _set_aside_partial(state_file: str) -> Optional[str]:
 
 def suspend_guest(session: QmpSession, record: Dict[str, Any], journal: jr.Journal) -> Dict[str, Any]:
     """Suspend the guest to RAM through its agent, and wait (bounded) for QEMU to say it is suspended."""
-    channel = qemu_argv.guest_agent_channel(record["argv"])
-    if channel is None or channel.path is None:
-        raise SaveError("its guest must be suspended, and its agent channel is gone.", vm=record["vm"])
+    path, unreachable = guest_agent.agent_path(record["argv"])
+    if path is None:
+        raise SaveError("its guest must be suspended, and its agent is out of reach: %s." % unreachable, vm=record["vm"])
     # journaled first: a failure from here on must wake it
     record = journal.write(dict(record, suspended_by_engine=True))
     asked = jr.now()
-    with guest_agent.GuestAgent(channel.path, record["vm"]) as agent:
+    with guest_agent.GuestAgent(path, record["vm"]) as agent:
         agent.send_without_reply("guest-suspend-ram")
 
         def suspended(s: QmpSession) -> bool:

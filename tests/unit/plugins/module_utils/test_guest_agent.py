@@ -214,20 +214,25 @@ def test_auto_suspends_only_vfio_vms_and_always_every_vm():
     assert guest_agent.suspend_reason(["qemu"] + VFIO, "never") is None
 
 
+def refusals(argv, policy, wakeup_supported):
+    """The preflight's refusals for one VM, as readiness asks them."""
+    return guest_agent.suspend_refusals(argv, "gpu1", policy, guest_agent.suspend_reason(argv, policy), wakeup_supported)
+
+
 def test_a_vfio_vm_without_an_agent_or_wakeup_is_refused_with_each_reason(tmp_path):
-    reasons = guest_agent.suspend_refusals(["qemu"] + VFIO, "gpu1", "auto", wakeup_supported=False)
+    reasons = refusals(["qemu"] + VFIO, "auto", wakeup_supported=False)
     assert len(reasons) == 2
     assert "cannot wake it (query-current-machine: wakeup-suspend-support is false)" in reasons[0]
     assert "no agent to suspend it: no virtserialport named org.qemu.guest_agent.0" in reasons[1]
-    never = guest_agent.suspend_refusals(["qemu"] + VFIO, "gpu1", "never", wakeup_supported=True)
+    never = refusals(["qemu"] + VFIO, "never", wakeup_supported=True)
     assert never and "QEMU refuses cpr-reboot of a VFIO VM unless its guest is suspended" in never[0]
-    silent = guest_agent.suspend_refusals(agent_argv(str(tmp_path / "gone.sock")) + VFIO, "gpu1", "auto", True)
+    silent = refusals(agent_argv(str(tmp_path / "gone.sock")) + VFIO, "auto", True)
     assert "but its agent: cannot connect" in silent[0]
 
 
 def test_a_vfio_vm_with_an_answering_agent_and_wakeup_may_be_saved(agent_factory):
     agent = agent_factory()
-    assert guest_agent.suspend_refusals(agent_argv(agent.path) + VFIO, "gpu1", "auto", wakeup_supported=True) == []
+    assert refusals(agent_argv(agent.path) + VFIO, "auto", wakeup_supported=True) == []
     assert "guest-ping" in agent.commands
 
 
