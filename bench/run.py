@@ -9,6 +9,9 @@ writes it to bench/results/latest.md, for the README.
 2. 8 VMs saved and restored concurrently against one after another.
 3. The blackout of one VM under vm_relaunch (one task) against vm_save
    followed by vm_restore (two Ansible tasks).
+4. The same vm_relaunch for a real Debian guest (lab.linux_guest: virtio-blk,
+   virtio-net, its agent, whose clock is set after the RESUME), next to the
+   boot-sector test guest of 3.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / ".dev-collections")]
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host  # noqa: E402
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, save_host  # noqa: E402
+from lab.linux_guest import LinuxVm, ensure_image  # noqa: E402
 from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -139,6 +143,29 @@ def blackout_by_path(base: Path, disk: Path) -> List[Dict[str, Any]]:
             {"case": "1 VM, vm_save + vm_restore (two tasks)", "blackout_s": statistics.median(two_tasks)}]
 
 
+def real_guest_relaunch(base: Path) -> List[Dict[str, Any]]:
+    qmp_dir, state_dir = base / "real", base / "real-state"
+    vm = LinuxVm("debian", qmp_dir, ensure_image()).start()
+    try:
+        vm.wait_booted()
+        boot_id = vm.facts()["boot_id"]
+        binary = Path(sys.executable).parent
+        blackouts, syncs = [], []
+        for _run in range(REPEATS):
+            result = ansible([str(binary / "ansible"), "localhost", "-i", str(INVENTORY), "-m",
+                              "liveupdate.cpr.vm_relaunch", "-a", json.dumps({
+                                  "qmp_dir": str(qmp_dir), "state_dir": str(state_dir), "force": True})])
+            blackouts.append(result[-1]["vms"][0]["blackout_seconds"])
+            syncs.append(result[-1]["vms"][0]["guest_clock"]["seconds"])
+            assert vm.facts()["boot_id"] == boot_id, "the guest rebooted"
+    finally:
+        kill_all(qmp_dir)
+        Path(vm.ram_path).unlink(missing_ok=True)
+    return [{"case": "1 real Debian guest (virtio-blk, virtio-net, agent), vm_relaunch (one task); its clock "
+                     "sync after the RESUME took %.2f s" % statistics.median(syncs),
+             "blackout_s": statistics.median(blackouts)}]
+
+
 def fmt(value: Any, unit: str = "s") -> str:
     if value is None:
         return "-"
@@ -152,7 +179,7 @@ def main() -> int:
     disk = guest_disk(ROOT / "build" / "cache")
     base = Path(tempfile.mkdtemp(prefix="lu-bench-", dir="/tmp"))
     try:
-        rows = big_vm(base, disk) + many_vms(base, disk) + blackout_by_path(base, disk)
+        rows = big_vm(base, disk) + many_vms(base, disk) + blackout_by_path(base, disk) + real_guest_relaunch(base)
     finally:
         kill_all(base)
         shutil.rmtree(base, ignore_errors=True)

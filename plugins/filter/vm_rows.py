@@ -1,6 +1,6 @@
 # Copyright: liveupdate.cpr contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One report row per VM from the results of vm_save, vm_restore and vm_relaunch."""
+"""One report row per VM from the results of vm_save, vm_restore, vm_relaunch and vm_health."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ name: vm_rows
 short_description: Merge per-VM results of several liveupdate.cpr modules into one row per VM
 version_added: 0.1.0
 description:
-  - Takes a list of C(vms) lists (from vm_save, vm_restore, vm_relaunch) and returns one row per VM with its mode,
-    RAM policy, state size, pause and resume times, blackout and guest clock. Later lists win.
+  - Takes a list of C(vms) lists (from vm_save, vm_restore, vm_relaunch, vm_health) and returns one row per VM with
+    its mode, RAM policy, state size, pause and resume times, blackout, guest clock and health gates. Later lists win.
 options:
   _input:
     description: A list of C(vms) lists.
@@ -36,11 +36,11 @@ _value:
 
 VM_FIELDS = ("vm", "action", "mode", "ram_policy", "state_size", "paused_at", "resumed_at", "blackout_seconds",
              "reason", "previous_qemu_version", "qemu_version", "pid", "restored_by", "guest_clock",
-             "suspend_seconds")
+             "suspend_seconds", "health")
 
 
 def vm_rows(results: Sequence[Sequence[Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """One row per VM from vm_save, vm_restore and vm_relaunch results, later facts winning."""
+    """One row per VM from vm_save, vm_restore, vm_relaunch and vm_health results, later facts winning."""
     rows: Dict[str, Dict[str, Any]] = {}
     for result in results:
         for vm in result or []:

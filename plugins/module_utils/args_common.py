@@ -40,6 +40,17 @@ SUSPEND_ARGS: Dict[str, Any] = {
 }
 
 
+# vm_health's own; agent_ping's choices are health.AGENT_PING_POLICIES
+HEALTH_ARGS: Dict[str, Any] = {
+    "agent_ping": {"type": "str", "choices": ["auto", "required", "off"], "default": "auto"},
+    "agent_timeout": {"type": "int", "default": 30},
+    "guest_command": {"type": "list", "elements": "str", "default": []},
+    "host_command": {"type": "list", "elements": "str", "default": []},
+    "command_timeout": {"type": "int", "default": 120},
+    "per_vm": {"type": "dict", "default": {}},
+}
+
+
 def spec(*parts: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     merged: Dict[str, Any] = {}
     for part in parts:

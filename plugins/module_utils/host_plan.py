@@ -106,11 +106,14 @@ class PlanOptions:
     restore_at_boot: bool = True
     venv: str = boot_restore.DEFAULT_VENV
     check_mode: bool = False
+    guest_suspend: str = "auto"
+    guest_suspend_per_vm: Dict[str, str] = field(default_factory=dict)
 
     def save_options(self, reboot_method: str) -> sv.SaveOptions:
         return sv.SaveOptions(qmp_dir=self.qmp_dir, vms=self.vms, state_dir=self.state_dir, reboot_method=reboot_method,
                               ram_policy=self.ram_policy, ram_policy_per_vm=self.ram_policy_per_vm,
-                              persistent_paths=self.persistent_paths, timeout=self.timeout, check_mode=True)
+                              persistent_paths=self.persistent_paths, timeout=self.timeout, check_mode=True,
+                              guest_suspend=self.guest_suspend, guest_suspend_per_vm=self.guest_suspend_per_vm)
 
 
 def vm_reboot_method(decision: Decision, requested: str) -> str:

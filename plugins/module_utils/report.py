@@ -42,8 +42,18 @@ def clocks(host: Dict[str, Any]) -> str:
     return text + (" (up to %.1f s off)" % max(fixed) if fixed else "")
 
 
+def health(host: Dict[str, Any]) -> str:
+    """The health gates of a host's VMs: "2/2 passed", or the VMs and gates that failed: "failed: db1 guest_command"."""
+    seen = {vm["vm"]: vm["health"] for vm in host.get("vms", []) if isinstance(vm.get("health"), dict)}
+    failed = ["%s %s" % (vm, ",".join(g["gate"] for g in gates.get("gates", []) if not g.get("passed")))
+              for vm, gates in sorted(seen.items()) if gates.get("passed") is False]
+    if failed:
+        return "failed: " + "; ".join(failed)
+    return "%d/%d passed" % (len(seen), len(seen)) if seen else "-"
+
+
 def table(hosts: Sequence[Dict[str, Any]]) -> str:
-    rows = [("host", "batch", "status", "kernel", "QEMU", "VMs", "max blackout", "state", "guest clocks")]
+    rows = [("host", "batch", "status", "kernel", "QEMU", "VMs", "max blackout", "state", "guest clocks", "health")]
     for host in hosts:
         blackouts = _blackouts(host)
         kernel = host.get("kernel_before", "?")
@@ -56,7 +66,7 @@ def table(hosts: Sequence[Dict[str, Any]]) -> str:
         states = [int(vm.get("state_size") or 0) for vm in host.get("vms", [])]
         rows.append((host.get("host", "?"), str(host.get("batch", "-")), host.get("status", "?"), kernel, qemu,
                      str(len(host.get("vms", []))), "%.3f s" % max(blackouts) if blackouts else "-",
-                     "%d KiB" % (sum(states) // 1024) if states else "-", clocks(host)))
+                     "%d KiB" % (sum(states) // 1024) if states else "-", clocks(host), health(host)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

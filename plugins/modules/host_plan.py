@@ -30,6 +30,7 @@ extends_documentation_fragment:
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
+  - liveupdate.cpr.common.suspend
 options:
   kernel_version:
     description:
@@ -135,13 +136,19 @@ ram_overlaps:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import RAM_ARGS, SCOPE_ARGS, SELECTION_ARGS, spec
+from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import (
+    RAM_ARGS,
+    SCOPE_ARGS,
+    SELECTION_ARGS,
+    SUSPEND_ARGS,
+    spec,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils.host_plan import PlanOptions, plan_host
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS,
+        argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, SUSPEND_ARGS,
                            kernel_version={"type": "str", "default": ""},
                            update_kernel={"type": "bool", "default": True},
                            update_qemu={"type": "bool", "default": False},

@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - liveupdate.cpr.common
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
+  - liveupdate.cpr.common.suspend
 attributes:
   check_mode:
     description: Can run in check mode and return the same facts.
@@ -105,13 +106,19 @@ awaiting_restore:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import RAM_ARGS, SCOPE_ARGS, SELECTION_ARGS, spec
+from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import (
+    RAM_ARGS,
+    SCOPE_ARGS,
+    SELECTION_ARGS,
+    SUSPEND_ARGS,
+    spec,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils.host_info import info_host
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, SUSPEND_ARGS), supports_check_mode=True)
     boundary.run(module, info_host, SaveOptions)
 
 

@@ -179,26 +179,65 @@ def test_the_boot_units_entry_point_sets_the_clocks_of_the_guests_it_resumes(lin
         kept(vm, before[name])
 
 
-def test_a_fleet_rollout_over_a_lab_host_whose_vm_is_a_real_guest(tmp_path: Path) -> None:
-    """`python -m lab.local_fleet create --guest linux`: the same inventory as the boot-sector lab; the rollout
-    relaunches the guest onto the new QEMU build, and guest_time_sync=required holds."""
+def by_host(lab: Path) -> Dict[str, Dict[str, object]]:
+    return {str(machine["host"]): machine for machine in local_fleet.probe_all(lab)}
+
+
+def test_a_fleet_rollout_over_real_guests_stops_at_a_failing_health_gate_and_a_rerun_finishes(tmp_path: Path) -> None:
+    """`python -m lab.local_fleet create --guest linux`, two hosts of one real guest each, one host per batch (the
+    default). hv1-vm1 is given a guest command that fails: the rollout stops after batch 1 with hv1's VM running on
+    the new QEMU, and hv2 is not touched. The same command without that gate finishes the job."""
     lab = Path(tempfile.mkdtemp(prefix="lu-lf-", dir="/tmp"))
     try:
-        made = local_fleet.create(lab, hosts=1, vms=1, guest="linux")
-        before = local_fleet.probe_all(lab)[0]
+        made = local_fleet.create(lab, hosts=2, vms=1, guest="linux")
+        before = by_host(lab)
+        gate_log = lab / "host-gate.log"
+        gates: Dict[str, object] = {
+            "liveupdate_report_dir": str(lab / "reports"), "liveupdate_guest_time_sync": "required",
+            "liveupdate_health_agent_ping": "required",
+            "liveupdate_health_guest_command": "systemctl is-active ssh",  # a string, as an AWX survey answers
+            "liveupdate_health_host_command": [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'a').write("
+                                               "os.environ['LIVEUPDATE_CPR_VM'] + '\\n')", str(gate_log)]}
+        failing = dict(gates, liveupdate_health_per_vm={
+            "hv1-vm1": {"guest_command": ["systemctl", "is-active", "liveupdate-no-such.service"]}})
 
-        run = run_playbook(ROOT / "playbooks" / "kernel-live-update.yml",
-                           {"liveupdate_report_dir": str(lab / "reports"), "liveupdate_guest_time_sync": "required"},
-                           inventory=lab / "inventory.yml")
+        stopped = run_playbook(ROOT / "playbooks" / "kernel-live-update.yml", failing, inventory=lab / "inventory.yml")
 
-        assert run.rc == 0, run.stdout[-3000:]
-        after = local_fleet.probe_all(lab)[0]
-        assert made["guest"] == "linux" and after["pid"] != before["pid"]
-        assert after["exe_sha256"] != before["exe_sha256"], "runs the new QEMU build"
-        assert after["now"]["boot_id"] == before["now"]["boot_id"] and after["now"]["sleeper"] == "gone"
-        assert after["now"]["uptime"] > before["now"]["uptime"]
-        assert abs(after["now"]["clock_offset"]) <= SYNCED_DRIFT, before["now"]["clock_offset"]
-        relaunched = [r for r in run.results() if "vms" in r and any(v.get("action") == "relaunched" for v in r["vms"])]
+        assert stopped.rc != 0, stopped.stdout[-3000:]
+        failure = " ".join(str(r["msg"]) for r in stopped.results() if "FAILED in phase" in str(r.get("msg", "")))
+        assert failure.startswith("hv1 FAILED in phase verify"), stopped.stdout[-3000:]
+        assert "hv1-vm1: guest_command (`systemctl is-active liveupdate-no-such.service` exited 3 in the guest: " \
+               "inactive)" in failure, failure
+        assert "VMs down: none" in failure and "Every VM of the host runs" in failure, failure
+        mid = by_host(lab)
+        hv1 = mid["hv1"]["now"]
+        assert made["guest"] == "linux" and mid["hv1"]["pid"] != before["hv1"]["pid"], "hv1's VM was relaunched"
+        assert hv1["boot_id"] == before["hv1"]["now"]["boot_id"] and hv1["uptime"] > before["hv1"]["now"]["uptime"]
+        assert abs(hv1["clock_offset"]) <= SYNCED_DRIFT, "the gate ran after the clock was set"
+        assert (mid["hv2"]["pid"], mid["hv2"]["exe_sha256"]) == (before["hv2"]["pid"], before["hv2"]["exe_sha256"])
+        assert sorted(p.name for p in (lab / "hv2" / "state").glob("*")) == [], "nothing on hv2: no lock, no journal"
+        assert not (lab / "hv1" / "state" / "rollout.lock").exists(), "hv1's lock is released"
+        assert gate_log.read_text() == "hv1-vm1\n"
+        report = json.loads((lab / "reports" / "latest.json").read_text())
+        assert [(h["host"], h["status"]) for h in report["hosts"]] == [("hv1", "failed")]
+        row = report["hosts"][0]["vms"][0]
+        assert row["vm"] == "hv1-vm1" and row["health"]["passed"] is False, row
+        assert [g["gate"] for g in row["health"]["gates"] if not g["passed"]] == ["guest_command"]
+
+        rerun = run_playbook(ROOT / "playbooks" / "kernel-live-update.yml", gates, inventory=lab / "inventory.yml")
+
+        assert rerun.rc == 0, rerun.stdout[-3000:]
+        after = by_host(lab)
+        assert after["hv1"]["pid"] == mid["hv1"]["pid"], "hv1 was done: the rerun only checked its gates"
+        assert after["hv2"]["pid"] != before["hv2"]["pid"] and after["hv2"]["exe_sha256"] == after["hv1"]["exe_sha256"]
+        for host in ("hv1", "hv2"):
+            now = after[host]["now"]
+            assert now["boot_id"] == before[host]["now"]["boot_id"] and now["sleeper"] == "gone"
+            assert abs(now["clock_offset"]) <= SYNCED_DRIFT, (host, now)
+        assert gate_log.read_text() == "hv1-vm1\nhv1-vm1\nhv2-vm1\n"
+        relaunched = [r for r in rerun.results() if "vms" in r and any(v.get("action") == "relaunched" for v in r["vms"])]
         assert relaunched and relaunched[0]["vms"][0]["guest_clock"]["synced"], relaunched
+        summary = " ".join(str(r["msg"]) for r in rerun.results() if "Report: " in str(r.get("msg", "")))
+        assert summary.count("1/1 passed") == 2, summary
     finally:
         local_fleet.destroy(lab)

@@ -1,7 +1,13 @@
-"""Fakes the engine's unit tests share: a QEMU as discovery reports it, and a QMP session that answers for a fake."""
+"""Fakes the engine's unit tests share: a QEMU as discovery reports it, a QMP session that answers for a fake, and
+a guest agent on a real unix socket."""
 
 from __future__ import annotations
 
+import base64
+import json
+import socket
+import threading
+import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, Supervisor
@@ -40,3 +46,82 @@ def session_class(fake: Any, **methods: Callable[..., Any]) -> type:
                             "execute": execute}
     body.update(methods)
     return type("FakeQmpSession", (), body)
+
+
+def agent_argv(path, server="server=on,wait=off", port="org.qemu.guest_agent.0"):
+    return ["qemu", "-chardev", "socket,id=qga0,path=%s,%s" % (path, server), "-device", "virtio-serial-pci",
+            "-device", "virtserialport,chardev=qga0,name=%s" % port]
+
+
+class FakeAgent:
+    """qemu-guest-agent's side of the channel: JSON lines, guest-sync-delimited answered after 0xFF.
+
+    offset: how far the guest's clock is from the host's; guest-set-time sets it (set_error: and then fails,
+    as the real agent does when hwclock is missing); stale: bytes an earlier client left unread; silent: answers
+    nothing; programs: what guest-exec runs, argv[0] to (exit code, output, seconds it runs). It serves one client
+    at a time, as QEMU does, for as many clients as come."""
+
+    def __init__(self, tmp_path, offset=-30.0, silent=False, set_error=None, stale=b"", ignores_set=False,
+                 programs=None, name="qga.sock"):
+        self.path = str(tmp_path / name)
+        self.offset, self.silent, self.set_error, self.stale, self.ignores_set = offset, silent, set_error, stale, ignores_set
+        self.programs = programs or {}
+        self.commands = []
+        self.executed = []
+        self._exec = {}
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection = self.server.accept()[0]
+            except OSError:
+                return  # closed
+            with connection, connection.makefile("rb") as reader:
+                for raw in reader:
+                    message = json.loads(raw.strip(b"\xff"))
+                    self.commands.append(message["execute"])
+                    if self.silent:
+                        continue
+                    try:
+                        connection.sendall(self._answer(message))
+                    except OSError:
+                        break
+
+    def _answer(self, message):
+        command, arguments = message["execute"], message.get("arguments", {})
+        if command == "guest-sync-delimited":
+            return self.stale + b"\xff" + json.dumps({"return": arguments["id"]}).encode() + b"\n"
+        if command == "guest-ping":
+            return b'{"return": {}}\n'
+        if command == "guest-get-time":
+            return json.dumps({"return": int(time.time_ns() + self.offset * 1e9)}).encode() + b"\n"
+        if command == "guest-set-time":
+            if not self.ignores_set:
+                self.offset = (arguments["time"] - time.time_ns()) / 1e9
+            if self.set_error:
+                return json.dumps({"error": {"class": "GenericError", "desc": self.set_error}}).encode() + b"\n"
+            return b'{"return": {}}\n'
+        if command == "guest-exec" and arguments["path"] in self.programs:
+            pid = 1000 + len(self._exec)
+            self.executed.append([arguments["path"]] + arguments.get("arg", []))
+            self._exec[pid] = (time.monotonic(), self.programs[arguments["path"]])
+            return json.dumps({"return": {"pid": pid}}).encode() + b"\n"
+        if command == "guest-exec":
+            return json.dumps({"error": {"class": "GenericError", "desc": "Guest agent command failed, error was "
+                                         "'Failed to execute child process \u201c%s\u201d (No such file or directory)'"
+                                         % arguments["path"]}}).encode() + b"\n"
+        if command == "guest-exec-status":
+            started, (code, output, seconds) = self._exec[arguments["pid"]]
+            if time.monotonic() - started < seconds:
+                return b'{"return": {"exited": false}}\n'
+            return json.dumps({"return": {"exited": True, "exitcode": code, "out-data": base64.b64encode(
+                output.encode()).decode()}}).encode() + b"\n"
+        return json.dumps({"error": {"class": "CommandNotFound", "desc": "no " + command}}).encode() + b"\n"
+
+    def close(self):
+        self.server.close()

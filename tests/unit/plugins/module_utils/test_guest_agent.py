@@ -5,21 +5,15 @@ The real agent in a real Debian guest is in tests/integration/test_linux_guest.p
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 
 import pytest
+from engine_fakes import agent_argv
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, qemu_argv, restore, save
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.guest_agent import GuestAgent, GuestAgentError, sync_clock
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import check_required_clocks, set_guest_clock
-
-
-def agent_argv(path, server="server=on,wait=off", port="org.qemu.guest_agent.0"):
-    return ["qemu", "-chardev", "socket,id=qga0,path=%s,%s" % (path, server), "-device", "virtio-serial-pci",
-            "-device", "virtserialport,chardev=qga0,name=%s" % port]
 
 
 # -- the channel, from argv ----------------------------------------------------------------------------------------
@@ -52,65 +46,7 @@ def test_a_vm_without_the_agents_port_has_no_channel():
     assert qemu_argv.guest_agent_channel(["qemu", "-m", "1G"]) is None
 
 
-# -- a fake agent on a real unix socket ------------------------------------------------------------------------------
-class FakeAgent:
-    """qemu-guest-agent's side of the channel: JSON lines, guest-sync-delimited answered after 0xFF.
-
-    offset: how far the guest's clock is from the host's; guest-set-time sets it (set_error: and then fails,
-    as the real agent does when hwclock is missing); stale: bytes an earlier client left unread."""
-
-    def __init__(self, tmp_path, offset=-30.0, silent=False, set_error=None, stale=b"", ignores_set=False):
-        self.path = str(tmp_path / "qga.sock")
-        self.offset, self.silent, self.set_error, self.stale, self.ignores_set = offset, silent, set_error, stale, ignores_set
-        self.commands = []
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(self.path)
-        self.server.listen(1)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        connection = self.server.accept()[0]
-        with connection, connection.makefile("rb") as reader:
-            for raw in reader:
-                message = json.loads(raw.strip(b"\xff"))
-                self.commands.append(message["execute"])
-                if self.silent:
-                    continue
-                connection.sendall(self._answer(message))
-
-    def _answer(self, message):
-        command, arguments = message["execute"], message.get("arguments", {})
-        if command == "guest-sync-delimited":
-            return self.stale + b"\xff" + json.dumps({"return": arguments["id"]}).encode() + b"\n"
-        if command == "guest-ping":
-            return b'{"return": {}}\n'
-        if command == "guest-get-time":
-            return json.dumps({"return": int(time.time_ns() + self.offset * 1e9)}).encode() + b"\n"
-        if command == "guest-set-time":
-            if not self.ignores_set:
-                self.offset = (arguments["time"] - time.time_ns()) / 1e9
-            if self.set_error:
-                return json.dumps({"error": {"class": "GenericError", "desc": self.set_error}}).encode() + b"\n"
-            return b'{"return": {}}\n'
-        return json.dumps({"error": {"class": "CommandNotFound", "desc": "no " + command}}).encode() + b"\n"
-
-    def close(self):
-        self.server.close()
-
-
-@pytest.fixture
-def agent_factory(tmp_path):
-    made = []
-
-    def make(**kwargs):
-        made.append(FakeAgent(tmp_path, **kwargs))
-        return made[-1]
-    yield make
-    for agent in made:
-        agent.close()
-
-
+# -- against a fake agent on a real unix socket (engine_fakes.FakeAgent) ----------------------------------------------
 def test_the_clock_is_set_from_the_hosts_and_the_offsets_before_and_after_are_reported(agent_factory):
     agent = agent_factory(offset=-41.5)
 

@@ -95,9 +95,11 @@ def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **o
     monkeypatch.setattr(host_plan.kn, "kernel_facts", lambda opts: kernel)
     monkeypatch.setattr(host_plan, "select", lambda qmp_dir, vms, recs: Scope([qemu(name) for name in running]))
     judged = []
+    suspends = options.pop("suspends", {})
 
     def assess_all(vms, opts, check_outdated=False):
         judged.append(opts.reboot_method)
+        suspends.update({vm.name: opts.suspend_policy_for(vm.name) for vm in vms})
         return [Readiness(vm, ready=True, verdict=None, status="running") for vm in vms]
     monkeypatch.setattr(host_plan.sv, "assess_all", assess_all)
     monkeypatch.setattr(host_plan.sv, "preflight", lambda ready, journal, check_mode: None)
@@ -112,6 +114,13 @@ def test_a_cycle_is_planned_and_each_vm_judged_once_for_kexec(tmp_path, monkeypa
     assert judged == ["kexec"]
     assert plan["plan"]["line"] == ("cycle  reboot kexec  kernel 6.1.0-amd64 -> 6.12.1-amd64  VMs web1:None"
                                     "  restore at boot: off (the unit is down)")
+
+
+def test_the_plan_judges_each_vms_suspend_by_the_policy_the_save_will_use(tmp_path, monkeypatch):
+    suspends = {}
+    planned(tmp_path, monkeypatch, running=["web1", "gpu1"], suspends=suspends, guest_suspend="always",
+            guest_suspend_per_vm={"web1": "never"})
+    assert suspends == {"web1": "never", "gpu1": "always"}
 
 
 def test_a_kexec_cycle_says_whether_the_boot_unit_will_restore(tmp_path, monkeypatch):

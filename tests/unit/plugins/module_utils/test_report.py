@@ -32,17 +32,17 @@ def test_table_shows_kernel_and_qemu_changes_blackout_and_state_size():
     lines = report.table(hosts).splitlines()
 
     assert lines[0].split() == ["host", "batch", "status", "kernel", "QEMU", "VMs", "max", "blackout", "state", "guest",
-                                "clocks"]
+                                "clocks", "health"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert lines[2].split() == ["hv1", "1", "ok", "6.1.0", "->", "6.12.0", "9.1.0", "->", "9.2.0", "2", "0.500", "s",
-                                "500", "KiB", "-"]
-    assert lines[3].split() == ["hv2", "2", "failed", "6.1.0", "9.2.0", "0", "-", "-", "-"]
+                                "500", "KiB", "-", "-"]
+    assert lines[3].split() == ["hv2", "2", "failed", "6.1.0", "9.2.0", "0", "-", "-", "-", "-"]
     assert lines[2].index("ok") == lines[3].index("failed") == lines[0].index("status")  # columns line up
     assert len(lines[1]) == max(len(line) for line in lines)
 
 
 def test_table_of_a_host_that_reported_nothing_yet():
-    assert report.table([{"host": "hv9"}]).splitlines()[2].split() == ["hv9", "-", "?", "?", "-", "0", "-", "-", "-"]
+    assert report.table([{"host": "hv9"}]).splitlines()[2].split() == ["hv9", "-", "?", "?", "-", "0", "-", "-", "-", "-"]
 
 
 def test_the_guest_clocks_column_counts_the_clocks_set_and_the_largest_offset_fixed():
@@ -51,6 +51,15 @@ def test_the_guest_clocks_column_counts_the_clocks_set_and_the_largest_offset_fi
            dict(vm("c", 0.1, 1024), guest_clock={"synced": False, "reason": "not synced: no agent"})]
     assert report.clocks(host("hv1", vms=vms)) == "2/3 set (up to 41.2 s off)"
     assert report.clocks(host("hv1", vms=vms[2:])) == "0/1 set"
+
+
+def test_the_health_column_names_the_vms_and_gates_that_failed():
+    passed = {"passed": True, "gates": [{"gate": "agent_ping", "passed": True}]}
+    failed = {"passed": False, "gates": [{"gate": "agent_ping", "passed": True}, {"gate": "guest_command", "passed": False}]}
+    vms = [dict(vm("a"), health=passed), dict(vm("b"), health=failed), vm("c")]
+    assert report.health(host("hv1", vms=vms)) == "failed: b guest_command"
+    assert report.health(host("hv1", vms=vms[:1])) == "1/1 passed"
+    assert report.health(host("hv1", vms=vms[2:])) == "-"
 
 
 def test_html_escapes_what_hosts_and_vms_report():
