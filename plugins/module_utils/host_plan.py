@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel as kn
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_packages as qp
 from ansible_collections.liveupdate.cpr.plugins.module_utils import save as sv
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError, RestoreError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.host_info import info_of
@@ -108,6 +109,10 @@ class PlanOptions:
     check_mode: bool = False
     guest_suspend: str = "auto"
     guest_suspend_per_vm: Dict[str, str] = field(default_factory=dict)
+    # QEMU by apt (not the operator's qemu_update_command): which packages, from which release
+    qemu_by_package: bool = True
+    qemu_packages: Sequence[str] = ()
+    qemu_target_release: str = ""
 
     def save_options(self, reboot_method: str) -> sv.SaveOptions:
         return sv.SaveOptions(qmp_dir=self.qmp_dir, vms=self.vms, state_dir=self.state_dir, reboot_method=reboot_method,
@@ -155,7 +160,7 @@ def lost_ram(records: Sequence[Dict[str, Any]], state_dir: str) -> List[str]:
 
 
 def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, Any],
-             unit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+             unit: Optional[Mapping[str, Any]] = None, qemu: Optional[qp.QemuUpgrade] = None) -> Dict[str, Any]:
     target = " -> %s" % kernel["target"] if decision.action in REBOOTING and kernel["target"] != kernel["running"] else ""
     vms = [{"vm": vm["name"], "mode": (vm.get("ram") or {}).get("mode"), "policy": (vm.get("ram") or {}).get("policy"),
             "blockers": vm["blockers"], "outdated": vm["outdated"]} for vm in info["vms"]]
@@ -163,11 +168,11 @@ def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, A
     at_boot = ""
     if unit is not None:
         at_boot = "  restore at boot: %s" % (unit["reason"] if unit["active"] else "off (%s)" % unit["reason"])
-    line = "%s  reboot %s  kernel %s%s  VMs %s%s%s" % (
-        decision.action, decision.reboot, kernel["running"], target,
+    line = "%s  reboot %s  kernel %s%s%s  VMs %s%s%s" % (
+        decision.action, decision.reboot, kernel["running"], target, "  %s" % qemu.line() if qemu else "",
         " ".join("%s:%s" % (vm["vm"], vm["mode"]) for vm in vms) or "-", waiting, at_boot)
     return {"action": decision.action, "reboot_method": decision.reboot,
-            "kernel": "%s%s" % (kernel["running"], target), "vms": vms,
+            "kernel": "%s%s" % (kernel["running"], target), "qemu": qemu.line() if qemu else None, "vms": vms,
             "awaiting_restore": info["awaiting_restore"], "restore_at_boot": unit, "line": line}
 
 
@@ -178,12 +183,15 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
+    # apt's own resolver, simulated, in the fleet-wide preflight: a package it cannot have stops the rollout here
+    qemu = qp.plan_apt(opts.qemu_target_release, opts.qemu_packages) \
+        if opts.update_qemu and opts.qemu_by_package and kn.family() == "debian" else None
     with carrying(scope.secrets):
-        return _plan_in_scope(opts, kernel, journal, records, scope)
+        return _plan_in_scope(opts, kernel, journal, records, scope, qemu)
 
 
 def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journal, records: Dict[str, Dict[str, Any]],
-                   scope: Scope) -> Dict[str, Any]:
+                   scope: Scope, qemu: Optional[qp.QemuUpgrade] = None) -> Dict[str, Any]:
     # the saves that wait for this host: a running VM's record is no resume (its conflict is refused below)
     running = {vm.name for vm in scope.running}
     mine = [r for name, r in records.items() if name not in running and (not opts.vms or name in opts.vms)]
@@ -200,6 +208,12 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
         assessed = sv.assess_all(scope.running, opts.save_options(method), check_outdated=True)
     info = info_of(assessed, records, scope, opts.vms)
     problems = refusals(decision, kernel, opts) + lost_ram(mine, opts.state_dir)
+    if qemu is not None and qemu.problem:
+        problems.append("QEMU's packages (%s) cannot be updated%s: %s. Fix the host's sources, set "
+                        "liveupdate_qemu_target_release to a release that offers all of them, or list the packages "
+                        "to move in liveupdate_qemu_packages" % (
+                            ", ".join(qemu.packages), " from %s" % qemu.target_release if qemu.target_release else "",
+                            qemu.problem))
     if problems:
         raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems), action=decision.action)
     if decision.action in SAVING:
@@ -212,4 +226,5 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
                                                         restore_at_boot=opts.restore_at_boot)) \
         if decision.action in REBOOTING and decision.reboot == "kexec" else None
     return dict(info, action=decision.action, reboot_method=decision.reboot, vm_reboot_method=method,
-                kernel=kernel, plan=plan_row(decision, kernel, info, unit), situation=asdict(situation))
+                kernel=kernel, plan=plan_row(decision, kernel, info, unit, qemu), situation=asdict(situation),
+                qemu_packages=qemu.as_dict() if qemu else None)

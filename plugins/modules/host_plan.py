@@ -63,6 +63,27 @@ options:
     description: The host's venv, where the restore-at-boot entry point is installed.
     type: path
     default: /opt/liveupdate-cpr/venv
+  qemu_by_package:
+    description:
+      - Whether QEMU is updated by the package manager (false when the operator's own command updates it). With
+        O(update_qemu) on a Debian host, the plan asks apt (C(apt-get --simulate)) what the update would do, and
+        refuses the host, before anything is paused, when apt could not do it.
+    type: bool
+    default: true
+  qemu_packages:
+    description:
+      - The QEMU packages to move. Empty means every installed package built from Debian's C(qemu) source; either
+        way, a package the host does not have is never added.
+    type: list
+    elements: str
+    default: []
+  qemu_target_release:
+    description:
+      - The release to take QEMU from, as apt's C(--target-release) takes it, for example C(trixie-backports).
+        Backports are C(NotAutomatic), so without it apt stays on the release's own QEMU.
+      - Empty takes what apt prefers.
+    type: str
+    default: ""
 """
 
 EXAMPLES = r"""
@@ -100,7 +121,15 @@ situation:
   type: dict
   returned: always
 plan:
-  description: The host's plan row - action, reboot_method, kernel (before -> after), vms, awaiting_restore, line.
+  description: The host's plan row - action, reboot_method, kernel (before -> after), qemu, vms, awaiting_restore, line.
+  type: dict
+  returned: always
+qemu_packages:
+  description:
+    - "With O(update_qemu) and O(qemu_by_package) on Debian, what the QEMU update would do: C(packages) (QEMU's
+      installed packages, which move), C(installed) (their versions), C(moves) (every upgrade apt plans, from and
+      to), C(added) (packages apt would newly install), C(newer), C(version_before) and C(version_after) (as QEMU
+      reports it), C(target_release), C(problem) (why apt could not do it) and C(line)."
   type: dict
   returned: always
 vms:
@@ -155,7 +184,10 @@ def main() -> None:
                            force={"type": "bool", "default": False},
                            kexec_fallback_to_reboot={"type": "bool", "default": False},
                            restore_at_boot={"type": "bool", "default": True},
-                           venv={"type": "path", "default": "/opt/liveupdate-cpr/venv"}),
+                           venv={"type": "path", "default": "/opt/liveupdate-cpr/venv"},
+                           qemu_by_package={"type": "bool", "default": True},
+                           qemu_packages={"type": "list", "elements": "str", "default": []},
+                           qemu_target_release={"type": "str", "default": ""}),
         supports_check_mode=True)
     boundary.run(module, plan_host, PlanOptions)
 

@@ -13,6 +13,7 @@ from engine_fakes import qemu
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import host_plan
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qemu_packages as qp
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.readiness import Readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope
@@ -96,6 +97,9 @@ def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **o
     monkeypatch.setattr(host_plan, "select", lambda qmp_dir, vms, recs: Scope([qemu(name) for name in running]))
     judged = []
     suspends = options.pop("suspends", {})
+    upgrade = options.pop("qemu", None)
+    monkeypatch.setattr(host_plan.kn, "family", lambda: "debian")
+    monkeypatch.setattr(host_plan.qp, "plan_apt", lambda release, only: upgrade or qp.QemuUpgrade(release))
 
     def assess_all(vms, opts, check_outdated=False):
         judged.append(opts.reboot_method)
@@ -114,6 +118,23 @@ def test_a_cycle_is_planned_and_each_vm_judged_once_for_kexec(tmp_path, monkeypa
     assert judged == ["kexec"]
     assert plan["plan"]["line"] == ("cycle  reboot kexec  kernel 6.1.0-amd64 -> 6.12.1-amd64  VMs web1:None"
                                     "  restore at boot: off (the unit is down)")
+
+
+def test_the_plan_shows_the_qemu_version_apt_would_move_to(tmp_path, monkeypatch):
+    upgrade = qp.QemuUpgrade("trixie-backports", installed={"qemu-system-x86": "1:10.0.13+ds-0+deb13u1"},
+                             moves={"qemu-system-x86": ("1:10.0.13+ds-0+deb13u1", "1:11.1.3+ds-2~bpo13+1")})
+    plan = planned(tmp_path, monkeypatch, running=["web1"], update_qemu=True, qemu=upgrade)[0]
+    assert "  QEMU 10.0.13 -> 11.1.3 from trixie-backports  " in plan["plan"]["line"]
+    assert plan["qemu_packages"]["packages"] == ["qemu-system-x86"]
+    assert planned(tmp_path, monkeypatch, running=["web1"])[0]["qemu_packages"] is None, "no update_qemu, no apt"
+
+
+def test_qemu_packages_apt_cannot_move_refuse_the_host_before_anything_is_paused(tmp_path, monkeypatch):
+    upgrade = qp.QemuUpgrade("trixie-backports", installed={"qemu-utils": "1:10.0.13"},
+                             problem="E: Unable to correct problems, you have held broken packages.")
+    with pytest.raises(NotReadyError, match=r"QEMU's packages \(qemu-utils\) cannot be updated from trixie-backports: "
+                                            r"E: Unable to correct problems"):
+        planned(tmp_path, monkeypatch, running=["web1"], update_qemu=True, qemu=upgrade)
 
 
 def test_the_plan_judges_each_vms_suspend_by_the_policy_the_save_will_use(tmp_path, monkeypatch):
