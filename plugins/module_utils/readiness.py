@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, qemu_argv, ram_verdict
+from ansible_collections.liveupdate.cpr.plugins.module_utils import guest_agent, probe, qemu_argv, ram_verdict
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import QemuProcess, binary_version
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
@@ -36,13 +36,14 @@ class Readiness:
     ram_survives: Optional[str] = None
     outdated: Optional[str] = None
     suspend: Optional[str] = None     # why its guest is suspended to RAM before the save, when it is
+    probe: Optional[Dict[str, Any]] = None  # what the installed QEMU said of it, when that is another binary
 
     def as_dict(self) -> Dict[str, Any]:
         result = self.vm.summary()
         result.update(ready=self.ready, reasons=self.reasons, qemu_version=self.qemu_version,
                       status=self.status, machine_type=self.machine_type, blockers=self.blockers,
                       ram=self.verdict.as_dict() if self.verdict else None, outdated=self.outdated,
-                      suspend=self.suspend)
+                      suspend=self.suspend, probe=self.probe)
         return result
 
 
@@ -95,6 +96,18 @@ def outdated_reason(vm: QemuProcess, running_version: Optional[str]) -> Optional
     if running_version and installed_version and installed_version != running_version:
         return "it runs QEMU %s, the installed binary is %s" % (running_version, installed_version)
     return None
+
+
+def _probe_installed_qemu(result: Readiness) -> None:
+    """The cross-version guard: the binary its restore will start must take it (probe.py)."""
+    vm, machine = result.vm, str(result.machine_type)
+    found = probe.probe(vm.name, vm.binary, vm.argv, machine, vm.cwd)
+    result.probe = found.as_dict()
+    if not found.took:
+        result.reasons.append("%s, so it could not be restored after its save (machine type %s pinned, as QEMU migrates "
+                              "only between the same versioned machine type)" % (found.reason, machine))
+        result.fixes.append("install a QEMU that supports machine type %s and the devices of %s, or leave %s out "
+                            "with vms" % (machine, vm.name, vm.name))
 
 
 def _assess_suspend(result: Readiness, session: QmpSession, policy: str) -> None:
@@ -153,5 +166,7 @@ def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: S
         result.fixes.append("wait until %s is running or paused" % vm.name)
     if check_outdated:
         result.outdated = outdated_reason(vm, result.qemu_version)
+    if result.outdated and result.machine_type:
+        _probe_installed_qemu(result)
     result.ready = not result.reasons
     return result

@@ -290,7 +290,8 @@ def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Di
             if opts.qmp_dir is None or opts.vms or is_under(str(record.get("qmp", {}).get("path", "")), opts.qmp_dir):
                 results.append(public_view(finished, "already_saved"))
     check_running(running, records, journal)
-    ready = assess_all(list(running.values()), opts)
+    # outdated: the QEMU its restore starts is another binary, which must take it before anything pauses (probe.py)
+    ready = assess_all(list(running.values()), opts, check_outdated=True)
     preflight(ready, journal, opts.check_mode)
     if opts.check_mode:
         plan = [dict(r.as_dict(), action="would_save", mode=r.verdict.mode if r.verdict else None) for r in ready]

@@ -78,6 +78,12 @@ vms:
       description: Why the QEMU binary is outdated; null when it is not.
       type: str
       returned: always
+    probe:
+      description:
+        - "When the VM is outdated, what the installed binary said of it (the cross-version guard): C(binary),
+          C(took), C(reason) when it did not, C(version), C(left_out) (devices the probe leaves out) and C(seconds)."
+      type: dict
+      returned: always
 saved:
   description: Journal records of VMs that are not running, with their phase.
   returned: always

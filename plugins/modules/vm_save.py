@@ -12,6 +12,11 @@ description:
   - Checks every VM in scope first, and refuses the whole host before any VM is paused if one of them is not ready
     (RAM that would be lost under O(ram_policy=fail), a cpr-reboot blocker, a restarting supervisor, no QMP socket,
     overlapping shared RAM, too little space in O(state_dir)).
+  - When a VM's QEMU binary was replaced since it started (a new QEMU is installed), that check includes the
+    cross-version guard. The installed binary is started with the VM's configuration rewritten (private sockets, NIC
+    backends as hub ports, disks as C(null-co), RAM on a private sparse file, exclusive devices such as VFIO left
+    out), the machine type pinned, plus C(-S -incoming defer); a binary that refuses it, for example one without
+    the VM's machine type, refuses the host. The running VM is never touched.
   - Then saves all of them at once. For each VM it writes the journal record (argv, cwd, environment, uid/gid,
     QMP socket, QEMU version, versioned machine type, RAM policy) to disk, sets x-ignore-shared and mode cpr-reboot,
     migrates to C(file:STATE_DIR/NAME.state), checks the VM is C(postmigrate), fsyncs and hashes the state file,

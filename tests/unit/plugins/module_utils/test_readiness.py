@@ -8,7 +8,7 @@ import sys
 import pytest
 from engine_fakes import qemu as fake_qemu
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import readiness
+from ansible_collections.liveupdate.cpr.plugins.module_utils import probe, readiness
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qemu_argv import RamBackend
 
@@ -224,10 +224,31 @@ def test_the_same_binary_is_outdated_only_when_its_version_differs(monkeypatch):
     assert readiness.outdated_reason(this_process(), "9.2.0") is None
 
 
-def test_assess_asks_about_outdated_binaries_only_when_told(monitor):
+def took(monkeypatch, took=True, reason=None):
+    probed = []
+
+    def fake_probe(name, binary, argv, machine_type, cwd):
+        probed.append((name, binary, machine_type))
+        return probe.ProbeResult(binary, took, reason)
+    monkeypatch.setattr(readiness.probe, "probe", fake_probe)
+    return probed
+
+
+def test_assess_asks_about_outdated_binaries_only_when_told(monitor, monkeypatch):
     monitor()
+    probed = took(monkeypatch)
     vm = qemu(deleted=True)
-    assert assess(vm).outdated is None
+    assert assess(vm).outdated is None and probed == []
     outdated = assess(vm, check_outdated=True)
     assert "was deleted or replaced" in outdated.outdated
     assert outdated.ready  # an outdated QEMU is what the update is for, not a reason to refuse
+    assert probed == [("web1", "/usr/bin/qemu", outdated.machine_type)], "the binary its restore starts was probed"
+
+
+def test_an_outdated_vm_the_installed_qemu_cannot_take_is_refused_before_anything_pauses(monitor, monkeypatch):
+    monitor()
+    took(monkeypatch, False, 'the installed QEMU /usr/bin/qemu refuses its configuration: unsupported machine type')
+    refused = assess(qemu(deleted=True), check_outdated=True)
+    assert not refused.ready
+    assert any("unsupported machine type" in reason and "pinned" in reason for reason in refused.reasons), refused.reasons
+    assert refused.as_dict()["probe"]["took"] is False
