@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import subprocess
 import time
 import traceback
-from typing import Any, Dict, List, Mapping, NoReturn, Optional
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import Deadline, wait_until
@@ -36,6 +38,26 @@ TIMED_EVENTS = ("STOP", "RESUME", "MIGRATION", "SHUTDOWN", "SUSPEND", "WAKEUP")
 def event_time(event: Mapping[str, Any]) -> float:
     stamp = event.get("timestamp", {})
     return float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
+
+
+def monitor_clients(path: str) -> List[Tuple[int, str]]:
+    """Who is connected to a unix socket QEMU serves, other than us, from ``ss -x -p`` (iproute2): (pid, name).
+
+    QEMU's end of each connection carries the socket's path; its peer inode is the client's end."""
+    try:
+        listing = subprocess.run(["ss", "-x", "-p", "-H"], capture_output=True, text=True, timeout=10,
+                                 check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows = [line.split() for line in listing.splitlines()]
+    peers = {row[7] for row in rows if len(row) >= 8 and row[1] == "ESTAB" and row[4] == path}
+    found = []
+    for row in rows:
+        if len(row) >= 9 and row[5] in peers and row[4] != path:
+            for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', " ".join(row[8:])):
+                if int(pid) != os.getpid():
+                    found.append((int(pid), name))
+    return sorted(set(found))
 
 
 class QmpSession:
@@ -87,9 +109,18 @@ class QmpSession:
     def _connect_failed(self, exc: Exception) -> NoReturn:
         self.close()
         if isinstance(exc, QmpError):  # our timeout: something listens but never greets as QMP
-            raise QmpError("%s answers, but not as a QMP monitor within %.0f s." % (
-                self.socket_path, self.connect_timeout), self.vm, self.socket_path,
-                fix="point at the VM's QMP socket (mode=control), not at a console or HMP socket.") from exc
+            holders = monitor_clients(self.socket_path)
+            held = "; it is held by %s" % ", ".join("%s (pid %d)" % (name, pid) for pid, name in holders) \
+                if holders else ""
+            raise QmpError(
+                "%s accepted the connection but sent no QMP greeting within %.0f s: another client may hold the "
+                "monitor (QEMU serves one client per monitor socket), or it is not a QMP socket%s." % (
+                    self.socket_path, self.connect_timeout, held), self.vm, self.socket_path,
+                fix="%s; if no client holds it, point at the VM's QMP socket (mode=control), not at a console or HMP "
+                    "socket." % ("stop %s, or give the VM a second -qmp socket for it" % ", ".join(
+                        "pid %d" % pid for pid, _name in holders) if holders else
+                        "find the client that holds it with `ss -x -p | grep %s` and stop it" % self.socket_path)
+            ) from exc
         if isinstance(exc, ConnectError) and isinstance(exc.exc, OSError):
             raise QmpError("cannot connect to QMP socket %s: %s." % (self.socket_path, exc.exc.strerror or exc.exc),
                            self.vm, self.socket_path,

@@ -51,6 +51,27 @@ def test_socket_that_answers_but_is_not_qmp(lab):
         server.kill()
 
 
+def test_a_monitor_another_client_holds_is_named_with_that_clients_pid(lab):
+    """QEMU serves one client per monitor socket: a second one is accepted by the kernel and never greeted."""
+    vm = lab.vm("held")
+    before = vm.wait_booted()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys, time\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(4096)\n"  # QEMU's greeting: it is ours
+        "print('holding', flush=True); time.sleep(600)\n"), str(vm.qmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        failed = run_module("vm_save", scope_of(lab))
+        assert failed.rc != 0
+        message = failed.result["msg"]
+        assert "another client may hold the monitor" in message, message
+        assert "held by python" in message and "pid %d" % holder.pid in message, message
+        assert "stop pid %d" % holder.pid in message, message
+    finally:
+        holder.kill()
+    assert_resumed(vm, before)
+
+
 def test_stale_socket_is_a_warning_not_an_error(lab):
     vm = lab.vm("india")
     before = vm.wait_booted()

@@ -6,12 +6,13 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 
 import pytest
 from engine_fakes import qemu as fake_qemu
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import scope
+from ansible_collections.liveupdate.cpr.plugins.module_utils import qmp, scope
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError, ScopeError
 
 
@@ -134,3 +135,15 @@ def test_a_live_socket_in_qmp_dir_no_qemu_of_ours_serves_refuses_the_scope(runni
         assert names(scope.select(qmp_dir, [])) == ["mine"]
     finally:
         server.close()
+
+
+def test_the_clients_of_a_monitor_socket_are_read_from_ss(monkeypatch):
+    listing = "\n".join([
+        "u_str ESTAB 0 0 /run/qemu/web1.qmp 5001 * 5002 users:((\"qemu-system-x86\",pid=42,fd=9))",
+        "u_str ESTAB 0 0 * 5002 * 5001 users:((\"virt-top\",pid=77,fd=3),(\"virt-top\",pid=78,fd=3))",
+        "u_str ESTAB 0 0 * 6002 * 6001 users:((\"sshd\",pid=99,fd=4))",
+        "u_str LISTEN 0 4096 /run/qemu/web1.qmp 5000 * 0 users:((\"qemu-system-x86\",pid=42,fd=7))",
+    ])
+    monkeypatch.setattr(qmp.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listing, ""))
+    assert qmp.monitor_clients("/run/qemu/web1.qmp") == [(77, "virt-top"), (78, "virt-top")]
+    assert qmp.monitor_clients("/run/qemu/other.qmp") == []
