@@ -1,6 +1,7 @@
 #!/bin/sh
 # mmdebstrap customize hook for the lab's hypervisor-host image; $1 is the root filesystem.
-# Environment: LAB_PUBKEY (file), LAB_GUEST_DISK (file), LAB_NEWER_KERNEL_META (apt package).
+# Environment: LAB_PUBKEY (file), LAB_GUEST_DISK (file), LAB_NEWER_KERNEL_META (apt package), LAB_BACKPORTS
+# (suite), LAB_QEMU_PACKAGES (names, space-separated), LAB_SUITE (the image's release).
 set -eu
 root="$1"
 
@@ -14,24 +15,55 @@ printf '%s\n' virtio_pci virtio_blk crc32c_generic libnvdimm nfit nd_e820 nd_pme
   >>"$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all
 
-# The newer kernel is not installed: it waits in a local apt repository, which the
-# kernel_update role installs from as it would from a mirror on a real fleet.
-newer=$(chroot "$root" apt-cache depends "$LAB_NEWER_KERNEL_META" | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
-[ -n "$newer" ] || { echo "customize: no package behind $LAB_NEWER_KERNEL_META" >&2; exit 1; }
-mkdir -p "$root/srv/liveupdate-repo"
-# shellcheck disable=SC2016  # $1 is the inner shell's argument, not ours: no string is built from input
-chroot "$root" sh -c 'cd /srv/liveupdate-repo && apt-get download "$1"' sh "$newer"
-chroot "$root" sh -c 'cd /srv/liveupdate-repo && apt-ftparchive packages . >Packages'
-echo "$newer" >"$root/srv/liveupdate-repo/NEWER_KERNEL"
+# The newer kernel and QEMU are not installed: they wait in a local trixie-backports repository, which the
+# kernel_update role installs from as it would from a mirror on a real fleet. It holds what apt itself fetches to
+# install them from trixie-backports: the kernel, the QEMU packages the image has, and what else that needs.
+newer=$(chroot "$root" apt-cache -o APT::Default-Release="$LAB_BACKPORTS" depends "$LAB_NEWER_KERNEL_META" \
+  | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1)
+[ -n "$newer" ] || { echo "customize: no package behind $LAB_NEWER_KERNEL_META in $LAB_BACKPORTS" >&2; exit 1; }
+repo=/srv/liveupdate-repo
+mkdir -p "$root$repo/$LAB_SUITE" "$root$repo/$LAB_BACKPORTS"
+chroot "$root" apt-get clean
+# shellcheck disable=SC2086  # LAB_QEMU_PACKAGES is a list of package names, split on purpose
+chroot "$root" apt-get install --yes --quiet --download-only --no-install-recommends \
+  --target-release "$LAB_BACKPORTS" "$newer" $LAB_QEMU_PACKAGES
+cp "$root"/var/cache/apt/archives/*.deb "$root$repo/$LAB_BACKPORTS/"
+# trixie's own versions of the installed packages backports would replace: as on a real trixie host, they keep
+# apt's priority 500 against backports' 100, so only a target release moves QEMU (or the kernel) there
+for deb in "$root$repo/$LAB_BACKPORTS"/*.deb; do
+  package=$(dpkg-deb -f "$deb" Package)
+  # shellcheck disable=SC2016  # dpkg-query's format, not a shell expansion
+  version=$(chroot "$root" dpkg-query -W -f '${Version}' "$package" 2>/dev/null || true)
+  # shellcheck disable=SC2016  # $1 and $2 are the inner shell's arguments: no string is built from input
+  [ -z "$version" ] || chroot "$root" sh -c 'cd "$1" && apt-get download --quiet "$2"' sh "$repo/$LAB_SUITE" "$package=$version"
+done
+# shellcheck disable=SC2016  # dpkg-query's format, not a shell expansion
+installed=$(chroot "$root" dpkg-query -W -f '${Version}' qemu-system-x86)
+set -- "$root$repo/$LAB_BACKPORTS"/qemu-system-x86_*.deb
+offered=$(dpkg-deb -f "$1" Version)
+[ "$installed" != "$offered" ] || { echo "customize: $LAB_BACKPORTS offers no newer QEMU than $installed" >&2; exit 1; }
+echo "$installed $offered" >"$root$repo/QEMU_VERSIONS"
+echo "$newer" >"$root$repo/NEWER_KERNEL"
+# each a flat repository with its suite's Release fields; backports' flags as Debian sets them
+for suite in "$LAB_SUITE" "$LAB_BACKPORTS"; do
+  flags=""
+  [ "$suite" = "$LAB_SUITE" ] || flags="-o APT::FTPArchive::Release::NotAutomatic=yes -o APT::FTPArchive::Release::ButAutomaticUpgrades=yes"
+  # shellcheck disable=SC2016,SC2086  # the inner shell's own arguments; flags split on purpose
+  chroot "$root" sh -c 'cd "$1" && apt-ftparchive packages . >Packages && shift && apt-ftparchive "$@" release . >Release' \
+    sh "$repo/$suite" -o APT::FTPArchive::Release::Origin=Debian -o APT::FTPArchive::Release::Suite="$suite" \
+    -o APT::FTPArchive::Release::Codename="$suite" $flags
+done
 rm -f "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/*
-echo 'deb [trusted=yes] file:/srv/liveupdate-repo ./' >"$root/etc/apt/sources.list.d/liveupdate-lab.list"
+printf 'deb [trusted=yes] file:%s/%s ./\n' "$repo" "$LAB_SUITE" "$repo" "$LAB_BACKPORTS" \
+  >"$root/etc/apt/sources.list.d/liveupdate-lab.list"
 chroot "$root" apt-get update -q
 chroot "$root" apt-get clean
 
-# kexec-tools must not turn every reboot into a kexec: the lab tests both. Its boot-time script and ndctl's monitor
-# (no DIMMs to monitor here) only compete with the restore unit for the host's CPUs in the blackout.
+# kexec-tools must not turn every reboot into a kexec: the lab tests both (trixie's kexec-tools has no boot-time
+# kexec-load.service left, only this setting). ndctl's monitor (no DIMMs to monitor here) only competes with the
+# restore unit for the host's CPUs in the blackout.
 sed -i 's/^LOAD_KEXEC=.*/LOAD_KEXEC=false/' "$root/etc/default/kexec"
-chroot "$root" systemctl disable kexec-load.service ndctl-monitor.service
+chroot "$root" systemctl disable ndctl-monitor.service
 # Nothing may hold the dpkg lock or wake the disk during a rollout.
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer
 

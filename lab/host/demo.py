@@ -1,6 +1,6 @@
 """`make demo`: the whole mission on virtual hypervisor hosts that really kexec into a newer kernel.
 
-Builds (or finds) the lab image, boots 2 Debian 12 hosts under TCG, each running 2 nested test
+Builds (or finds) the lab image, boots 2 Debian 13 hosts under TCG, each running 2 nested test
 guests whose RAM is on /dev/dax0.0, prepares the hosts, and runs the real
 playbooks/kernel-live-update.yml with kexec, one host per batch. Then it checks every nested guest
 from outside and prints each host's kernel before -> after, each VM's blackout split into the host's
@@ -67,19 +67,22 @@ def summary(lab: Lab, now: Dict[str, Any], report: Dict[str, Any]) -> Tuple[List
         guests = {guest["vm"]: guest for guest in now[host.name]["guests"]}
         split = {row["vm"]: row for row in blackout_split(entry)}
         reported = {vm["vm"]: vm for vm in entry.get("vms", [])}
-        lines.append("  %-9s %-9s %-10s %-11s %-10s %-10s %-11s %-14s %s" % (
-            "VM", "blackout", "= host*", "+ ours", "restored", "guest saw", "state", "passes", "RAM"))
+        lines.append("  %-9s %-9s %-10s %-11s %-10s %-10s %-11s %-16s %-14s %s" % (
+            "VM", "blackout", "= host*", "+ ours", "restored", "guest saw", "state", "QEMU", "passes", "RAM"))
         for vm in host.vms:
             verdict = guest_verdict(vm, guests.get(vm["vm"]))
             agreement = stall_agreement(reported.get(vm["vm"], {}), guests.get(vm["vm"]) or {})
             row = split.get(vm["vm"], {})
             ok &= verdict["ok"] and agreement["ok"]
-            lines.append("  %-9s %-9s %-10s %-11s %-10s %-10s %-11s %-14s %s" % (
+            lines.append("  %-9s %-9s %-10s %-11s %-10s %-10s %-11s %-16s %-14s %s" % (
                 vm["vm"], _seconds(row.get("blackout")), _seconds(row.get("reboot")), _seconds(row.get("tooling")),
                 "at boot" if row.get("restored_by") == "boot unit" else "by Ansible",
                 "%d s%s" % (agreement["guest_stall"], "" if agreement["ok"] else " (!)")
                 if "guest_stall" in agreement else "-",
                 "{:,} B".format(row["state_size"]) if row.get("state_size") else "-",
+                # each as the running QEMU reported it over QMP: at its save, and after its restore
+                "%s -> %s" % (reported.get(vm["vm"], {}).get("qemu_version", "?"),
+                              reported.get(vm["vm"], {}).get("restored_qemu_version", "?")),
                 "%s -> %s" % (verdict.get("counter_before", "?"), verdict.get("counter_now", "?")), verdict["why"]))
             if not agreement["ok"]:
                 lines.append("    blackout does not match the guest: %s" % agreement["why"])
@@ -132,6 +135,7 @@ def main() -> int:
         by_ansible = ["hv2"] if args.ansible_restore is None else args.ansible_restore
         timings["rollout"] = playbook(inventory, "playbooks/kernel_live_update.yml", [
             "liveupdate_reboot_method=kexec", "liveupdate_batch=1", "liveupdate_report_dir=%s" % reports,
+            "liveupdate_update_qemu=true",
             "liveupdate_restore_at_boot={{ inventory_hostname not in %s }}" % json.dumps(by_ansible)])
         now = lab.probe()
         report = json.loads((reports / "latest.json").read_text())

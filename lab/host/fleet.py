@@ -1,4 +1,4 @@
-"""The virtual hypervisor lab: Debian 12 host VMs that really kexec, each running nested test guests.
+"""The virtual hypervisor lab: Debian 13 host VMs that really kexec, each running nested test guests.
 
     python -m lab.host.fleet create --dir /tmp/lu-hosts --hosts 2 --vms 2
     python -m lab.host.fleet probe --dir /tmp/lu-hosts
@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from lab.host.image import HostImage, ensure_image
+from lab.host.image import BACKPORTS_SUITE, HostImage, ensure_image
 from lab.host.inside import HOME as HOME_INSIDE
 from lab.host.inside import QMP_DIR as QMP_DIR_INSIDE
 from lab.local_fleet import IndentedDumper
@@ -240,6 +240,9 @@ def inventory(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str
         "ansible_python_interpreter": "/usr/bin/python3",
         "liveupdate_qmp_dir": QMP_DIR_INSIDE,
         "liveupdate_reboot_method": "kexec",
+        # the image's newer kernel and QEMU wait in its trixie-backports, as on a real trixie host
+        "liveupdate_kernel_target_release": BACKPORTS_SUITE,
+        "liveupdate_qemu_target_release": BACKPORTS_SUITE,
     }}}
 
 

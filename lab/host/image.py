@@ -1,11 +1,15 @@
-"""The lab's hypervisor-host image: Debian 12 from Debian's packages, cached by its inputs.
+"""The lab's hypervisor-host image: Debian 13 (trixie) from Debian's packages, cached by its inputs.
 
     python -m lab.host.image            # build (or find) it and print where it is
 
-It holds systemd, openssh-server, python3-venv, kexec-tools, ndctl, QEMU from
-bookworm-backports and the 6.1 cloud kernel, which it boots. The newest 6.12
-cloud kernel, looked up at build time, waits in a local apt repository inside
-the image (not installed), so the kernel_update role installs it with apt.
+It holds systemd, openssh-server, python3-venv, kexec-tools, ndctl, trixie's own
+QEMU (10.0) and its 6.12 cloud kernel, which it boots. What trixie-backports
+offers, looked up at build time, waits in a local apt repository inside the
+image (not installed): the newest cloud kernel (7.3) and the QEMU (11.1) that
+would replace the installed packages, with whatever else apt fetches to install
+them. The repository keeps backports' Release flags (NotAutomatic: yes,
+ButAutomaticUpgrades: yes), so, as on a real trixie host, apt moves QEMU there
+only when told the target release.
 """
 
 from __future__ import annotations
@@ -26,20 +30,23 @@ from lab.testvm import LAB_GUEST_HZ, guest_disk
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "cache"
 CUSTOMIZE = Path(__file__).with_name("customize.sh")
-SUITE = "bookworm"
+SUITE = "trixie"
+BACKPORTS_SUITE = "trixie-backports"
 MIRRORS = [
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-    "deb http://deb.debian.org/debian bookworm-backports main",
+    "deb http://deb.debian.org/debian trixie main",
+    "deb http://deb.debian.org/debian trixie-updates main",
+    "deb http://deb.debian.org/debian-security trixie-security main",
+    "deb http://deb.debian.org/debian trixie-backports main",
 ]
 PACKAGES = [
     "systemd-sysv", "udev", "dbus", "openssh-server", "python3", "python3-venv", "python3-apt", "apt-utils",
     "kexec-tools", "iproute2", "initramfs-tools", "zstd", "ndctl", "procps", "linux-image-cloud-amd64",
+    "qemu-system-x86",
 ]
-# Debian 12's own QEMU (7.2) has no cpr-reboot; all four must come from backports together.
-BACKPORTS = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"]
-NEWER_KERNEL_META = "linux-image-6.12-cloud-amd64"
+# the cloud kernel's metapackage: its backports version depends on the newest backports kernel
+NEWER_KERNEL_META = "linux-image-cloud-amd64"
+# the QEMU packages the image has; their backports versions wait in the local repository
+QEMU_PACKAGES = ["qemu-system-x86", "qemu-system-common", "qemu-system-data"]
 DPKG_EXCLUDES = ["path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*",
                  "path-include=/usr/share/locale/locale.alias", "path-exclude=/usr/share/doc/*",
                  "path-include=/usr/share/doc/*/copyright", "path-exclude=/usr/share/info/*"]
@@ -50,10 +57,12 @@ BUILD_TIMEOUT = 1800
 @dataclass
 class HostImage:
     disk: str          # raw ext4 root filesystem; each host boots a qcow2 overlay of it
-    kernel: str        # the 6.1 kernel and initrd the hosts boot with -kernel
+    kernel: str        # the 6.12 kernel and initrd the hosts boot with -kernel
     initrd: str
     kernel_release: str
     newer_kernel_package: str
+    qemu_version: str          # the installed QEMU, as dpkg names it (1:10.0.13+ds-0+deb13u1)
+    newer_qemu_version: str    # what the local repository's trixie-backports offers
     ssh_key: str       # private key that logs in as root
     built_seconds: float
 
@@ -78,7 +87,7 @@ def inputs_key(inputs: object, *parts: bytes) -> str:
 
 
 def image_key(pubkey: bytes, guest: bytes) -> str:
-    return inputs_key([MIRRORS, PACKAGES, BACKPORTS, NEWER_KERNEL_META, DPKG_EXCLUDES, IMAGE_SIZE],
+    return inputs_key([MIRRORS, PACKAGES, BACKPORTS_SUITE, NEWER_KERNEL_META, QEMU_PACKAGES, DPKG_EXCLUDES, IMAGE_SIZE],
                       Path(__file__).read_bytes(), CUSTOMIZE.read_bytes(), pubkey, guest)
 
 
@@ -111,13 +120,16 @@ def ensure_image(cache: Path = CACHE) -> HostImage:
     work = fresh_work_dir(home)
     rootfs = work / "rootfs"
     env = dict(os.environ, LAB_PUBKEY=str(key_file.with_suffix(".pub")), LAB_GUEST_DISK=str(guest),
-               LAB_NEWER_KERNEL_META=NEWER_KERNEL_META)
+               LAB_NEWER_KERNEL_META=NEWER_KERNEL_META, LAB_BACKPORTS=BACKPORTS_SUITE,
+               LAB_QEMU_PACKAGES=" ".join(QEMU_PACKAGES), LAB_SUITE=SUITE)
     print("lab image: building the host root filesystem with mmdebstrap (a few minutes, once)", file=sys.stderr)
     # keep the apt lists: they are those of the local repository only, as on a host with a current cache
-    mmdebstrap(SUITE, rootfs, MIRRORS, PACKAGES + [name + "/bookworm-backports" for name in BACKPORTS],
+    mmdebstrap(SUITE, rootfs, MIRRORS, PACKAGES,
                ["--skip=cleanup/apt/lists", "--customize-hook=%s \"$1\"" % CUSTOMIZE], env=env)
     release = _only(sorted(p.name[len("vmlinuz-"):] for p in (rootfs / "boot").glob("vmlinuz-*")), "kernel")
-    newer = (rootfs / "srv" / "liveupdate-repo" / "NEWER_KERNEL").read_text().strip()
+    repo = rootfs / "srv" / "liveupdate-repo"  # one flat repository per suite below it
+    newer = (repo / "NEWER_KERNEL").read_text().strip()
+    qemu_versions = (repo / "QEMU_VERSIONS").read_text().split()
     shutil.copyfile(rootfs / "boot" / ("vmlinuz-" + release), work / "vmlinuz")
     shutil.copyfile(rootfs / "boot" / ("initrd.img-" + release), work / "initrd.img")
     disk = work / "root.img"
@@ -127,7 +139,8 @@ def ensure_image(cache: Path = CACHE) -> HostImage:
     shutil.rmtree(home, ignore_errors=True)
     work.rename(home)
     image = HostImage(disk=str(home / "root.img"), kernel=str(home / "vmlinuz"), initrd=str(home / "initrd.img"),
-                      kernel_release=release, newer_kernel_package=newer, ssh_key=str(key_file),
+                      kernel_release=release, newer_kernel_package=newer, qemu_version=qemu_versions[0],
+                      newer_qemu_version=qemu_versions[1], ssh_key=str(key_file),
                       built_seconds=round(time.monotonic() - started, 1))
     manifest.write_text(json.dumps(asdict(image), indent=1) + "\n")
     return image

@@ -155,6 +155,8 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
             session.wait_for(lambda s: readiness.run_status(s) == want, 30, what="the VM to be %s" % want)
             # a guest the save suspended serves again from its WAKEUP, not from QEMU's RESUME
             resumed_at = (woken and session.last_event_time("WAKEUP")) or session.last_event_time("RESUME") or jr.now()
+            # after the resume, so not in the blackout: the QEMU the VM runs now, in its own words
+            restored_version = readiness.qemu_version(session)
     except CprError as exc:
         if started is not None and not process_exists(started.pid):
             # QEMU served its monitor, then exited (an argument it could not honour this boot): say what it said
@@ -170,7 +172,8 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
     paused_at = record.get("paused_at") or resumed_at
     return journal.set_phase(record, jr.RESTORED, pid=started.pid, launch=started.as_dict(), resumed_at=resumed_at,
                              blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept,
-                             restored_by=restored_by, restored_boot_id=jr.boot_id())
+                             restored_by=restored_by, restored_boot_id=jr.boot_id(),
+                             restored_qemu_version=restored_version)
 
 
 def set_guest_clock(record: Dict[str, Any], journal: jr.Journal, default_policy: str,

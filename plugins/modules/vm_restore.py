@@ -82,6 +82,11 @@ vms:
       type: float
       returned: when restored
     launch: {description: "How QEMU was started: method, pid, systemd unit or log file.", type: dict, returned: when restored}
+    qemu_version: {description: The QEMU version that saved the VM (QMP query-version)., type: str, returned: always}
+    restored_qemu_version:
+      description: The QEMU version that restored it, as the running QEMU reports it (QMP query-version).
+      type: str
+      returned: when restored
     guest_clock:
       description:
         - What happened to the guest's clock after its resume (O(guest_time_sync)).

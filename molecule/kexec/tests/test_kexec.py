@@ -106,6 +106,29 @@ def test_report_names_the_kernels_and_the_reboot(host):
         assert row["blackout"] > row["reboot"] > 0
 
 
+def upstream(version):
+    """1:11.1.3+ds-2~bpo13+1 -> 11.1.3, as QEMU reports itself over QMP."""
+    return version.split(":", 1)[-1].split("+", 1)[0].split("-", 1)[0]
+
+
+def test_qemu_was_upgraded_by_apt_and_each_vm_restored_by_the_new_qemu_on_its_machine_type(host):
+    lab, entry = lab_host(host)
+    if entry["name"] == "hv3":
+        return  # its run restores on the same QEMU; the QEMU upgrade is hv1's and hv2's
+    old, new = upstream(lab["image"]["qemu_version"]), upstream(lab["image"]["newer_qemu_version"])
+    assert old != new
+    assert host.package("qemu-system-x86").version == lab["image"]["newer_qemu_version"]
+    report = report_entry(host)
+    assert set(report["qemu_before"]) == {old} and set(report["qemu_after"]) == {new}, report
+    reported = {vm["vm"]: vm for vm in report["vms"]}
+    for vm in expected_vms(entry):
+        row = reported[vm["vm"]]
+        assert (row["qemu_version"], row["restored_qemu_version"]) == (old, new), row
+        # the QEMU that runs it now was started with the machine type the old one ran, pinned
+        argv = host.check_output("pgrep -a -f '[g]uest=%s,'", vm["vm"])  # [g]: not the shell running pgrep
+        assert "-machine pc-q35-%s" % ".".join(old.split(".")[:2]) in argv, argv
+
+
 def unit_log(host):
     return host.check_output("journalctl -b --no-pager -o cat -u %s", UNIT)
 

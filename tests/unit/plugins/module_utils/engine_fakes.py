@@ -40,6 +40,8 @@ def session_class(fake: Any, **methods: Callable[..., Any]) -> type:
             return {"status": fake.status}
         if command == "cont":
             fake.status = "running"
+        if command == "query-version":
+            return {"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}
         return {}
 
     body: Dict[str, Any] = {"__init__": __init__, "__enter__": lambda self: self, "__exit__": lambda self, *_exc: None,
