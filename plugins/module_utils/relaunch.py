@@ -80,8 +80,10 @@ def _relaunch_in_scope(opts: RelaunchOptions, journal: jr.Journal, records: Dict
                             reason=r.outdated or "force") for r in chosen)
         return {"changed": bool(chosen), "vms": results, "warnings": scope.warnings}
     done, failures = run_per_vm(chosen, lambda r: _cycle(r, journal, opts), lambda r: r.vm.name)
+    # the version each VM runs now, as its new QEMU reports it (the record's qemu_version is the one that saved it)
     results.extend(dict(public_view(record, "relaunched"), reason=ready.outdated or "force",
-                        previous_qemu_version=ready.qemu_version) for ready, record in done)
+                        previous_qemu_version=ready.qemu_version,
+                        qemu_version=record.get("restored_qemu_version") or ready.qemu_version) for ready, record in done)
     changed = bool(done)
     if failures:
         raise CprError(

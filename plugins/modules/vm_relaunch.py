@@ -81,6 +81,10 @@ vms:
       type: str
       returned: when relaunched
     previous_qemu_version: {description: Version of the QEMU it left., type: str, returned: when relaunched}
+    qemu_version:
+      description: Version of the QEMU it runs now, as that QEMU reports it (QMP query-version).
+      type: str
+      returned: always
     blackout_seconds: {description: Seconds from QEMU's STOP to its RESUME., type: float, returned: when relaunched}
     guest_clock:
       description:

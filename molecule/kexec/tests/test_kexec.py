@@ -129,6 +129,21 @@ def test_qemu_was_upgraded_by_apt_and_each_vm_restored_by_the_new_qemu_on_its_ma
         assert "-machine pc-q35-%s" % ".".join(old.split(".")[:2]) in argv, argv
 
 
+def test_the_qemu_only_path_moved_hv3s_vms_to_the_new_qemu_without_a_reboot(host):
+    lab, entry = lab_host(host)
+    if entry["name"] != "hv3":
+        return
+    old, new = upstream(lab["image"]["qemu_version"]), upstream(lab["image"]["newer_qemu_version"])
+    report = report_entry(host, "reports-relaunch")
+    assert report["action"] == "relaunch" and report["status"] == "updated", report
+    assert report["kernel_before"] == report["kernel_after"] == entry["kernel"], "no reboot"
+    relaunched = {vm["vm"]: vm for vm in report["vms"]}
+    assert sorted(relaunched) == sorted(vm["vm"] for vm in entry["vms"]), relaunched
+    for row in relaunched.values():
+        assert row["action"] == "relaunched" and (row["previous_qemu_version"], row["qemu_version"]) == (old, new), row
+        assert row["blackout_seconds"] < 10, row
+
+
 def unit_log(host):
     return host.check_output("journalctl -b --no-pager -o cat -u %s", UNIT)
 

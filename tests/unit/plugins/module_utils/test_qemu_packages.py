@@ -1,6 +1,6 @@
 """QEMU's packages as apt offers them, from dpkg-query and apt-get --simulate output as a trixie host prints it.
 
-apt and dpkg themselves, on this machine, are in tests/integration/test_qemu_packages.py."""
+apt and dpkg themselves, on this machine, are in tests/integration/test_qemu_packages_apt.py."""
 
 from __future__ import annotations
 
