@@ -106,11 +106,30 @@ def test_blocker_on_one_host_stops_the_rollout_before_anything_pauses(small_flee
     assert not list(lab.glob("hv*/state/*.state")), "no state file anywhere"
 
 
+def test_a_broken_qemu_build_is_refused_by_the_cross_version_guard_before_anything_pauses(small_fleet):
+    lab = small_fleet[0]
+    package = lab / "packages" / "qemu-system-x86_64"
+    package.write_text("#!/bin/sh\necho 'this QEMU build is broken' >&2\nexit 1\n")
+    pids_before = qemu_pids(lab)
+
+    refused = rollout(lab)
+
+    assert refused.rc != 0
+    assert "hv1 FAILED in phase relaunch" in refused.stdout and "nothing was paused" in refused.stdout
+    assert "this QEMU build is broken" in refused.stdout and "VMs down: none" in refused.stdout
+    assert qemu_pids(lab) == pids_before, "no VM on any host was paused or restarted"
+    assert not list(lab.glob("hv*/state/*.state")), "no state file anywhere"
+
+
 def test_failed_restore_stops_the_rollout_keeps_the_state_and_a_rerun_resumes(small_fleet):
     lab, layout = small_fleet
     package = lab / "packages" / "qemu-system-x86_64"
     good = package.read_bytes()
-    package.write_text("#!/bin/sh\necho 'this QEMU build is broken' >&2\nexit 1\n")
+    (lab / "good-qemu").write_bytes(good)
+    (lab / "good-qemu").chmod(0o755)
+    # a build that passes the cross-version probe (private sockets) and fails with the VM's own: its restore fails
+    package.write_text("#!/bin/sh\ncase \"$*\" in *%s/*) echo 'this QEMU build cannot open the VM sockets' >&2; exit 1;; "
+                       "esac\nexec %s \"$@\"\n" % (lab / "hv1" / "qmp", lab / "good-qemu"))
     pids_before = qemu_pids(lab)
 
     failed = rollout(lab)
