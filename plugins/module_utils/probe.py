@@ -74,15 +74,6 @@ def _is_json(value: str) -> bool:
     return value.lstrip().startswith("{")
 
 
-def _device_driver(value: str) -> str:
-    if _is_json(value):
-        try:
-            return str(json.loads(value).get("driver", ""))
-        except ValueError:
-            return ""
-    return value.split(",", 1)[0]
-
-
 def _rewrite_chardev(value: str, private: str) -> str:
     pairs = qa.split_keyval(value, "backend")
     props = dict(pairs)
@@ -153,6 +144,7 @@ def probe_argv(argv: Sequence[str], machine_type: str, private: str, name: str
             if option.name == "mem-path":
                 out += [word, private]
             continue
+        driver = str(qa.device_props(value).get("driver", "")) if option.name == "device" else ""
         if option.name in NULL_BACKENDS:
             out += [word, "null"]
         elif option.name == "chardev":
@@ -167,8 +159,8 @@ def probe_argv(argv: Sequence[str], machine_type: str, private: str, name: str
             index = {"hda": 0, "hdb": 1, "hdc": 2, "hdd": 3, "cdrom": 2}[option.name]
             media = "cdrom" if option.name == "cdrom" else "disk"
             out += ["-drive", "if=ide,index=%d,media=%s,driver=null-co,read-zeroes=on" % (index, media)]
-        elif option.name == "device" and _device_driver(value).startswith(EXCLUSIVE_DEVICES):
-            left_out.append("-device %s" % _device_driver(value))
+        elif option.name == "device" and driver.startswith(EXCLUSIVE_DEVICES):
+            left_out.append("-device %s" % driver)
         elif option.name == "object":
             rewritten = _rewrite_object(value, private)
             if rewritten is None:

@@ -200,7 +200,7 @@ class AgentChannel:
     problem: Optional[str]   # why the engine cannot reach the agent through it
 
 
-def _device_props(value: str) -> Dict[str, Any]:
+def device_props(value: str) -> Dict[str, Any]:
     """A ``-device`` value, in key=value or JSON form (libvirt's), as a dict with its driver."""
     if value.lstrip().startswith("{"):
         return parse_object(value)
@@ -216,7 +216,7 @@ def guest_agent_channel(argv: Sequence[str]) -> Optional[AgentChannel]:
     for opt in options:
         if opt.name != "device" or opt.value is None:
             continue
-        device = _device_props(opt.value)
+        device = device_props(opt.value)
         if device.get("driver") != "virtserialport" or device.get("name") != GUEST_AGENT_PORT:
             continue
         target = chardevs.get(str(device.get("chardev", "")))
@@ -241,7 +241,7 @@ def passthrough_devices(argv: Sequence[str]) -> List[str]:
     found = []
     for opt in parse_options(argv):
         if opt.name == "device" and opt.value is not None:
-            device = _device_props(opt.value)
+            device = device_props(opt.value)
             if device.get("driver") == "vfio-pci":
                 found.append(str(device.get("host") or device.get("sysfsdev") or device.get("id") or "vfio-pci"))
     return found

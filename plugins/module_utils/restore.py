@@ -34,7 +34,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
-from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view
+from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view, wake_guest
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import secrets_of
 
 RUN_STATES_AFTER_LOAD = ("running", "paused")
@@ -119,8 +119,7 @@ def _wake_if_suspended(session: QmpSession, record: Dict[str, Any]) -> bool:
     status = session.wait_for(_settled_status, 30, what="the loaded VM to leave inmigrate")
     if status != "suspended":
         return False
-    session.execute("system_wakeup")
-    session.wait_for(lambda s: readiness.run_status(s) != "suspended", 30, what="the guest to wake up")
+    wake_guest(session, 30)
     return True
 
 

@@ -157,12 +157,17 @@ def public_view(record: Dict[str, Any], action: str) -> Dict[str, Any]:
     return view
 
 
+def wake_guest(session: QmpSession, timeout: float = SUSPEND_SECONDS) -> None:
+    """system_wakeup for a guest suspended to RAM, and wait (bounded) until QEMU says it left ``suspended``."""
+    session.execute("system_wakeup")
+    session.wait_for(lambda s: readiness.run_status(s) != "suspended", timeout, what="the guest to wake")
+
+
 def _resume_after_failure(session: QmpSession, record: Dict[str, Any]) -> str:
     """Leave the VM as it was before the save: running if it ran, awake if we suspended it, in normal mode."""
     status = readiness.run_status(session)
     if record.get("suspended_by_engine") and status == "suspended":
-        session.execute("system_wakeup")
-        session.wait_for(lambda s: readiness.run_status(s) != "suspended", SUSPEND_SECONDS, what="the guest to wake")
+        wake_guest(session)
         status = readiness.run_status(session)
     if record["run_state_at_save"] == "running" and status != "running":
         session.execute("cont")
