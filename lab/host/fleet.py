@@ -3,6 +3,8 @@
     python -m lab.host.fleet create --dir /tmp/lu-hosts --hosts 2 --vms 2
     python -m lab.host.fleet probe --dir /tmp/lu-hosts
     python -m lab.host.fleet ssh --dir /tmp/lu-hosts hv1 -- uname -r
+    python -m lab.host.fleet power-off --dir /tmp/lu-hosts hv3     # its QEMU killed: a host that never comes back
+    python -m lab.host.fleet power-on --dir /tmp/lu-hosts hv3      # a cold boot, as a BMC's power-on
     python -m lab.host.fleet destroy --dir /tmp/lu-hosts
 
 Each host boots the lab image (lab.host.image) under TCG with SSH on a loopback
@@ -203,6 +205,21 @@ class Lab:
             }
         return found
 
+    def power_off(self, host: LabHost) -> bool:
+        """Pull the plug: SIGKILL the host's QEMU. False when it was not running."""
+        killed = _signal(host, signal.SIGKILL)
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while killed and _alive(host) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return killed
+
+    def power_on(self, host: LabHost) -> float:
+        """A cold boot from the host's disk and its image's kernel, as a BMC's power-on; seconds to SSH."""
+        if _alive(host):
+            raise LabError("%s is already on" % host.name)
+        subprocess.run(host_argv(HostImage(**self.state["image"]), host), check=True, timeout=60)
+        return self.wait_ssh(host)
+
     def destroy(self) -> None:
         for host in self.hosts():
             _signal(host, signal.SIGKILL)
@@ -220,7 +237,12 @@ def _signal(host: LabHost, signum: int) -> bool:
 
 
 def _alive(host: LabHost) -> bool:
-    return _signal(host, 0)
+    """Its QEMU runs: not gone, and not a zombie that no init has reaped yet."""
+    try:
+        stat = Path("/proc/%d/stat" % int(Path(host.pidfile).read_text())).read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def inventory(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str] = ()) -> Dict[str, Any]:
@@ -253,7 +275,7 @@ def inventory_text(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequenc
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["create", "probe", "ssh", "destroy", "inventory"])
+    parser.add_argument("action", choices=["create", "probe", "ssh", "power-off", "power-on", "destroy", "inventory"])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--hosts", type=int, default=2)
     parser.add_argument("--vms", type=int, default=2)
@@ -263,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--base-port", type=int, default=0, help="SSH port of hv1 minus one (default: free ports)")
     parser.add_argument("--fallback", action="append", default=[], help="a host for group lab_fallback")
     parser.add_argument("--key", default="", help="for inventory: the key path as the inventory should name it")
-    parser.add_argument("command", nargs="*", help="for ssh: HOST [-- COMMAND...]")
+    parser.add_argument("command", nargs="*", help="for ssh: HOST [-- COMMAND...]; for power-off and power-on: HOST")
     words = list(sys.argv[1:] if argv is None else argv)
     # after `--` comes the remote command, whose own options argparse must not read
     remote = words[words.index("--") + 1:] if "--" in words else []
@@ -286,6 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(lab.probe(), indent=1))
     elif args.action == "ssh":
         sys.stdout.write(lab.run(lab.host(args.command[0]), *args.command[1:]))
+    elif args.action == "power-off":
+        print(json.dumps({"host": args.command[0], "powered_off": lab.power_off(lab.host(args.command[0]))}))
+    elif args.action == "power-on":
+        print(json.dumps({"host": args.command[0], "ssh_seconds": round(lab.power_on(lab.host(args.command[0])), 1)}))
     else:
         lab.destroy()
     return 0

@@ -4,6 +4,7 @@
     python3 inside.py start --host hv1 --vms 2      # nested test guests with RAM on it
     python3 inside.py probe                         # each nested guest's state, as JSON
     python3 inside.py start --host hv3 --vms 1 --first 3 --client-socket /var/lib/liveupdate-lab/peer.sock
+    python3 inside.py serve --client-socket /var/lib/liveupdate-lab/peer.sock
                                                     # one more guest, a client of a socket that only this boot serves
 
 Standard library only: it runs before host_prepare has installed anything.
@@ -133,7 +134,7 @@ def probe() -> List[Dict[str, Any]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("action", choices=["pmem", "start", "probe"])
+    parser.add_argument("action", choices=["pmem", "start", "probe", "serve"])
     parser.add_argument("--host", default="hv")
     parser.add_argument("--vms", type=int, default=2)
     parser.add_argument("--ram-mb", type=int, default=16)
@@ -145,6 +146,9 @@ def main() -> int:
         result: Any = pmem()
     elif args.action == "start":
         result = start(args.host, args.vms, args.ram_mb, args.shm, args.first, args.client_socket)
+    elif args.action == "serve":  # the socket a client VM needs, back on this boot (a backend restarted)
+        serve_socket(args.client_socket)
+        result = {"serving": args.client_socket}
     else:
         result = probe()
     json.dump(result, sys.stdout)

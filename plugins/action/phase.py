@@ -8,10 +8,13 @@ costs a second, and inside a blackout every second is the guests'.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, Optional
 
 from ansible.plugins.action import ActionBase
+
+from ansible_collections.liveupdate.cpr.plugins.module_utils.host_lock import with_process
 
 ARGUMENT_SPEC: Dict[str, Any] = {
     "name": {"type": "str", "required": True},
@@ -36,7 +39,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible has no type hin
         if edge == "start":
             facts["liveupdate_phase"] = name
         if args["lock"] and edge == "start":
-            lock = self._execute_module(module_name="liveupdate.cpr.host_lock", module_args=dict(args["lock"], phase=name),
+            # the refresh keeps the controller's process in the lock (plugins/action/host_lock.py)
+            lock_args = with_process(dict(args["lock"], phase=name), os.getppid())[0]
+            lock = self._execute_module(module_name="liveupdate.cpr.host_lock", module_args=lock_args,
                                         task_vars=task_vars)
             if lock.get("failed"):
                 return dict(lock, ansible_facts=facts)

@@ -19,7 +19,7 @@ def info_host(opts: SaveOptions) -> Dict[str, Any]:
     records = {r["vm"]: r for r in journal.records()}
     scope = select(opts.qmp_dir, opts.vms, records)
     with carrying(scope.secrets):
-        assessed = assess_all(scope.running, opts, check_outdated=True)
+        assessed = assess_all(scope.running, opts, check_outdated=True, records=records)
     return info_of(assessed, records, scope, opts.vms)
 
 

@@ -192,8 +192,12 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
 
 def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journal, records: Dict[str, Dict[str, Any]],
                    scope: Scope, qemu: Optional[qp.QemuUpgrade] = None) -> Dict[str, Any]:
-    # the saves that wait for this host: a running VM's record is no resume (its conflict is refused below)
-    running = {vm.name for vm in scope.running}
+    # the saves that wait for this host: a running VM's record is no resume (its conflict is refused below), except
+    # where a restore whose task died left its QEMU: that restore is still to finish (restore._left_behind)
+    left_behind = {vm.name for vm in scope.running
+                   if records.get(vm.name, {}).get("phase") in (jr.RESTORING, jr.RESTORE_FAILED)}
+    running = {vm.name for vm in scope.running} - left_behind
+    to_save = [vm for vm in scope.running if vm.name not in left_behind]
     mine = [r for name, r in records.items() if name not in running and (not opts.vms or name in opts.vms)]
     situation = Situation(
         journal=journal_state(mine, kernel["boot_id"]), reboot_method=opts.reboot_method, force=opts.force,
@@ -201,11 +205,11 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
         kexec_usable=kernel["kexec"]["usable"], fallback=opts.kexec_fallback_to_reboot)
     # Each VM is assessed once; outdated does not depend on the reboot, the RAM verdict does.
     guess = vm_reboot_method(decide(replace(situation, outdated=False)), opts.reboot_method)
-    assessed = sv.assess_all(scope.running, opts.save_options(guess), check_outdated=True)
+    assessed = sv.assess_all(to_save, opts.save_options(guess), check_outdated=True, records=records)
     decision = decide(replace(situation, outdated=any(r.outdated for r in assessed)))
     method = vm_reboot_method(decision, opts.reboot_method)
     if method != guess:
-        assessed = sv.assess_all(scope.running, opts.save_options(method), check_outdated=True)
+        assessed = sv.assess_all(to_save, opts.save_options(method), check_outdated=True, records=records)
     info = info_of(assessed, records, scope, opts.vms)
     problems = refusals(decision, kernel, opts) + lost_ram(mine, opts.state_dir)
     if qemu is not None and qemu.problem:

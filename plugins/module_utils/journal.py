@@ -30,8 +30,10 @@ RESTORING, RESTORED, RESTORE_FAILED = "restoring", "restored", "restore_failed"
 AWAITING_RESTORE = (SAVED, RESTORING, RESTORE_FAILED)
 RECORD_SUFFIX = ".json"
 STATE_SUFFIX = ".state"
-# Held by whoever restores this host's VMs: the boot unit and vm_restore never load the same VM twice.
-RESTORE_LOCK = ".restore.lock"
+# Held by whoever saves, restores or relaunches this host's VMs (the boot unit, vm_save, vm_restore, vm_relaunch),
+# for as long as its process lives: no VM is loaded twice, and a module left running by a killed controller
+# finishes before a rerun's module touches the same VMs.
+VMS_LOCK = ".vms.lock"
 
 
 def now() -> float:
@@ -156,9 +158,10 @@ class Journal:
         return record
 
     @contextlib.contextmanager
-    def restore_lock(self, timeout: float) -> Iterator[None]:
-        """Exclusive over this host's restores, waited for at most ``timeout`` s; released when its process dies."""
-        path = os.path.join(self.state_dir, RESTORE_LOCK)
+    def vms_lock(self, timeout: float) -> Iterator[None]:
+        """Exclusive over this host's saves and restores, waited for at most ``timeout`` s; released when its
+        process dies."""
+        path = os.path.join(self.state_dir, VMS_LOCK)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             def taken() -> bool:
@@ -168,10 +171,12 @@ class Journal:
                     return False
                 return True
             if not wait_until(taken, timeout, 0.1):
-                raise JournalError("another restore of this host's VMs (the boot unit or a vm_restore) still runs "
-                                   "after %d s." % timeout,
-                                   fix="wait for it (journalctl -u liveupdate-cpr-restore.service shows the boot unit's "
-                                       "progress), then run vm_restore again.")
+                raise JournalError("another save or restore of this host's VMs (the boot unit, or a vm_save, "
+                                   "vm_restore or vm_relaunch, perhaps left running by a controller that was "
+                                   "killed) still runs after %d s." % timeout,
+                                   fix="wait for it (`fuser -v %s` names its process; journalctl -u "
+                                       "liveupdate-cpr-restore.service shows the boot unit's progress), then run "
+                                       "the rollout again." % path)
             yield
         finally:
             os.close(fd)

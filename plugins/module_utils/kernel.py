@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import systemd_is_init
+from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import read_text
 
 # Debian: 6.1.0-28-amd64, 6.12.38+deb12-cloud-amd64 -> flavour amd64, cloud-amd64
 DEBIAN_FLAVOUR = re.compile(r"^[0-9][^-]*(?:-[0-9][^-]*)*-(?P<flavour>[a-z].*)$")
@@ -92,22 +93,14 @@ def kexec_support() -> Dict[str, Any]:
         reasons.append("kexec-tools is not installed")
     if disabled:
         reasons.append("kernel.kexec_load_disabled is 1 (it cannot be turned off again until reboot)")
-    if os.path.exists("/sys/kernel/security/lockdown") and "[integrity]" in _read_text("/sys/kernel/security/lockdown"):
+    if os.path.exists("/sys/kernel/security/lockdown") and "[integrity]" in read_text("/sys/kernel/security/lockdown"):
         reasons.append("kernel lockdown (integrity) refuses unsigned kexec images")
     return {"binary": binary, "usable": not reasons, "reasons": reasons,
             "loaded": _read_flag("/sys/kernel/kexec_loaded")}
 
 
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
 def _read_flag(path: str) -> bool:
-    return _read_text(path) == "1"
+    return read_text(path) == "1"
 
 
 def kexec_cmdline(current: str, overrides: Optional[Dict[str, Any]] = None) -> str:
@@ -132,7 +125,7 @@ def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
     candidates = sorted(set(of_flavour(installed, flavour)) | set(available), key=version_key)
     newest = candidates[-1] if candidates else running
     target = opts.version or newest
-    cmdline = _read_text("/proc/cmdline")
+    cmdline = read_text("/proc/cmdline")
     facts: Dict[str, Any] = {
         "changed": False, "running": running, "boot_id": jr.boot_id(), "cmdline": cmdline,
         "kexec_cmdline": kexec_cmdline(cmdline, opts.cmdline_overrides),

@@ -1,6 +1,6 @@
 # Copyright: liveupdate.cpr contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Paths compared as the kernel resolves them, so a symlink never takes a path in or out of a tree."""
+"""Paths compared as the kernel resolves them, so a symlink never takes a path in or out of a tree; small files read."""
 
 from __future__ import annotations
 
@@ -15,3 +15,12 @@ def is_under(path: str, *roots: str) -> bool:
         if real == top or real.startswith(top.rstrip("/") + "/"):
             return True
     return False
+
+
+def read_text(path: str) -> str:
+    """A small file's content, stripped; "" when it cannot be read (a /proc or /sys file this kernel lacks)."""
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""

@@ -20,6 +20,9 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSessi
 
 CPR_REBOOT_SINCE = (8, 2)
 SAVABLE_STATES = ("running", "paused")
+# Where a save whose task died leaves its VM (mid-migration, paused after it, suspended by us): vm_save puts it back
+# as it was, then saves it afresh (save.resume_interrupted).
+INTERRUPTED_SAVE_STATES = ("finish-migrate", "postmigrate", "suspended")
 
 
 @dataclass
@@ -128,8 +131,11 @@ def _assess_suspend(result: Readiness, session: QmpSession, policy: str) -> None
 
 
 def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: Sequence[str],
-           mounts: Sequence[ram_verdict.Mount], check_outdated: bool = False, suspend_policy: str = "auto") -> Readiness:
-    """Readiness of one running VM; never raises for a VM-level problem, it lists reasons."""
+           mounts: Sequence[ram_verdict.Mount], check_outdated: bool = False, suspend_policy: str = "auto",
+           interrupted_save: bool = False) -> Readiness:
+    """Readiness of one running VM; never raises for a VM-level problem, it lists reasons.
+
+    interrupted_save: the journal says a save of this VM was under way; the states that save leaves are no refusal."""
     result = Readiness(vm)
     if vm.supervisor.refusal:
         result.reasons.append("supervised: %s; our quit would be undone behind our back" % vm.supervisor.refusal)
@@ -161,7 +167,7 @@ def assess(vm: QemuProcess, reboot_method: str, policy: str, persistent_paths: S
         result.reasons.append(str(exc.message))
         result.fixes.append(exc.fix or "check the QMP socket of %s" % vm.name)
         return result
-    if result.status not in SAVABLE_STATES:
+    if result.status not in SAVABLE_STATES + (INTERRUPTED_SAVE_STATES if interrupted_save else ()):
         result.reasons.append("run state is %s; only a running or paused VM can be saved" % result.status)
         result.fixes.append("wait until %s is running or paused" % vm.name)
     if check_outdated:

@@ -8,6 +8,7 @@ the save, the QEMU start and the load, never an Ansible round trip.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -23,6 +24,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
     check_state_dir,
     preflight,
     public_view,
+    resume_interrupted,
     save_one,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
@@ -50,10 +52,11 @@ def relaunch_host(opts: RelaunchOptions) -> Dict[str, Any]:
                            "the reboot and vm_restore, as the liveupdate.cpr.liveupdate role does.")
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
-    records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, records)
-    with carrying(scope.secrets):
-        result = _relaunch_in_scope(opts, journal, records, scope)
+    with contextlib.nullcontext() if opts.check_mode else journal.vms_lock(opts.timeout):
+        records = {r["vm"]: r for r in journal.records()}
+        scope = select(opts.qmp_dir, opts.vms, records)
+        with carrying(scope.secrets):
+            result = _relaunch_in_scope(opts, journal, records, scope)
     return dict(result, secrets=scope.secrets)
 
 
@@ -65,7 +68,9 @@ def _relaunch_in_scope(opts: RelaunchOptions, journal: jr.Journal, records: Dict
                             fix="run vm_restore first; vm_relaunch only cycles running VMs.")
     for vm in scope.running:
         check_name(vm.name)
-    assessed = assess_all(scope.running, opts, check_outdated=True)
+        if records.get(vm.name, {}).get("phase") == jr.SAVING and not opts.check_mode:
+            records[vm.name] = resume_interrupted(vm, records[vm.name], journal)
+    assessed = assess_all(scope.running, opts, check_outdated=True, records=records)
     results: List[Dict[str, Any]] = []
     chosen = []
     for ready in assessed:

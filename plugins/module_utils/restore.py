@@ -31,13 +31,14 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
     running_qemus,
     wait_gone,
 )
-from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, QmpError, RestoreError, ScopeError, carrying
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, RestoreError, ScopeError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view, wake_guest
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import secrets_of
 
-RUN_STATES_AFTER_LOAD = ("running", "paused")
+# What a QEMU that loaded its guest can be in, before the restore that launched it resumed it.
+ADOPTABLE_STATES = ("running", "paused", "suspended")
 RESTORED_BY_ANSIBLE = "ansible"
 RESTORED_BY_BOOT_UNIT = "boot unit"
 
@@ -99,17 +100,31 @@ def is_same_vm(vm: Any, record: Dict[str, Any]) -> bool:
                 and os.path.realpath(vm.qmp.path) == os.path.realpath(record["qmp"]["path"]))
 
 
-def _quit_failed_incoming(record: Dict[str, Any]) -> None:
-    """A QEMU left waiting after a failed load holds no guest state; make room for a fresh try."""
+def _left_behind(record: Dict[str, Any], timeout: float) -> Optional[QemuProcess]:
+    """The QEMU an earlier restore of this VM left, when it holds the loaded guest; None once there is none.
+
+    A failed load leaves QEMU waiting, holding no guest state: it is quit, to make room for a fresh try. A restore
+    whose task died (a killed controller or module) may leave QEMU still loading, or loaded and not yet resumed:
+    its load is awaited, and a loaded VM is adopted, to be finished as restore_one would have."""
     for vm in running_qemus():
-        if is_same_vm(vm, record) and vm.qmp is not None:
-            with QmpSession(vm.qmp.path, vm.name) as session:
-                if readiness.run_status(session) not in ("inmigrate", "postmigrate", "shutdown"):
-                    raise RestoreError("a QEMU named %s already runs (pid %d) and is %s." % (
-                        vm.name, vm.pid, readiness.run_status(session)), vm=vm.name,
-                        fix="if that VM is the restored one, its journal will be updated by the next vm_restore.")
-                session.quit()
-            wait_gone(vm.pid, 30)
+        if not is_same_vm(vm, record) or vm.qmp is None:
+            continue
+        with QmpSession(vm.qmp.path, vm.name) as session:
+            status = readiness.run_status(session)
+            if status == "inmigrate" and session.execute("query-migrate").get("status") not in (
+                    migration.MIGRATION_DONE + ("none", None)):
+                migration.result(session, timeout)
+                status = readiness.run_status(session)
+            if record.get("phase") == jr.RESTORING and status in ADOPTABLE_STATES:
+                return vm
+            if status not in ("inmigrate", "postmigrate", "shutdown"):
+                raise RestoreError("a QEMU named %s already runs (pid %d) and is %s." % (vm.name, vm.pid, status),
+                                   vm=vm.name,
+                                   fix="if that VM is the restored one, its journal will be updated by the next "
+                                       "vm_restore.")
+            session.quit()
+        wait_gone(vm.pid, 30)
+    return None
 
 
 def _wake_if_suspended(session: QmpSession, record: Dict[str, Any]) -> bool:
@@ -131,21 +146,23 @@ def _settled_status(session: QmpSession) -> Optional[str]:
 def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, timeout: float,
                 restored_by: str = RESTORED_BY_ANSIBLE) -> Dict[str, Any]:
     verify_state_file(record)
-    if record.get("phase") == jr.RESTORE_FAILED:
-        _quit_failed_incoming(record)
+    adopted = _left_behind(record, timeout) if record.get("phase") in (jr.RESTORING, jr.RESTORE_FAILED) else None
     record = journal.set_phase(record, jr.RESTORING, error=None)
     argv = qemu_argv.with_incoming_defer(record["launch_argv"])
     started: Optional[Launched] = None
     try:
-        started = launch(record, argv, journal.log_path(record["vm"]), early_boot=restored_by == RESTORED_BY_BOOT_UNIT)
+        if adopted is None:
+            started = launch(record, argv, journal.log_path(record["vm"]),
+                             early_boot=restored_by == RESTORED_BY_BOOT_UNIT)
         with QmpSession(record["qmp"]["path"], record["vm"]) as session:
-            migration.set_cpr_mode(session, record["x_ignore_shared"])
-            info = migration.load_from(session, record["state_file"], timeout)
-            if info.get("status") != "completed":
-                raise RestoreError("QEMU could not load the saved state: %s" % info.get("error-desc", info.get("status")),
-                                   vm=record["vm"], qemu_message=info.get("error-desc"),
-                                   fix="QEMU (pid %d) was left running to show the error; the state file and journal "
-                                       "are kept. Fix the cause and run vm_restore again." % started.pid)
+            if started is not None:
+                migration.set_cpr_mode(session, record["x_ignore_shared"])
+                info = migration.load_from(session, record["state_file"], timeout)
+                if info.get("status") != "completed":
+                    raise RestoreError("QEMU could not load the saved state: %s" % info.get(
+                        "error-desc", info.get("status")), vm=record["vm"], qemu_message=info.get("error-desc"),
+                        fix="QEMU (pid %d) was left running to show the error; the state file and journal are kept. "
+                            "Fix the cause and run vm_restore again." % started.pid)
             woken = _wake_if_suspended(session, record)
             status = readiness.run_status(session)
             if record.get("run_state_at_save") == "running" and status != "running":
@@ -163,13 +180,16 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
         journal.set_phase(record, jr.RESTORE_FAILED, error=exc.message,
                           pid=started.pid if started else None, launch=started.as_dict() if started else None)
         raise
-    if not process_exists(started.pid):
-        raise RestoreError("QEMU pid %d exited right after its restore." % started.pid, vm=record["vm"])
+    pid = started.pid if started is not None else adopted.pid if adopted is not None else 0
+    if not process_exists(pid):
+        raise RestoreError("QEMU pid %d exited right after its restore." % pid, vm=record["vm"])
     kept = record["state_file"] if keep_state else None
     if not keep_state:
         os.unlink(record["state_file"])
     paused_at = record.get("paused_at") or resumed_at
-    return journal.set_phase(record, jr.RESTORED, pid=started.pid, launch=started.as_dict(), resumed_at=resumed_at,
+    launched = started.as_dict() if started is not None else record.get("launch")
+    return journal.set_phase(record, jr.RESTORED, pid=pid, launch=launched, resumed_at=resumed_at,
+                             adopted_from_interrupted_restore=adopted is not None,
                              blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept,
                              restored_by=restored_by, restored_boot_id=jr.boot_id(),
                              restored_qemu_version=restored_version)
@@ -203,7 +223,7 @@ def restore_host(opts: RestoreOptions) -> Dict[str, Any]:
     if opts.check_mode or not os.path.isdir(journal.state_dir):
         return _restore_unlocked(opts, journal)
     # the boot unit may be restoring right now: wait for it, then see what it left
-    with journal.restore_lock(opts.timeout):
+    with journal.vms_lock(opts.timeout):
         return _restore_unlocked(opts, journal)
 
 
@@ -241,10 +261,7 @@ def _restore_records(opts: RestoreOptions, journal: jr.Journal, records: Dict[st
         elif phase == jr.SAVING:
             raise RestoreError("the journal says a save was under way and never finished.", vm=record["vm"],
                                fix="run vm_save again first; it finishes or explains the interrupted save.")
-        elif phase == jr.RESTORING and record["vm"] in running and _is_up(record):
-            finished = record if opts.check_mode else journal.set_phase(record, jr.RESTORED, pid=running[record["vm"]])
-            results.append(public_view(finished, "already_running"))
-        elif record["vm"] in running and phase != jr.RESTORE_FAILED:
+        elif record["vm"] in running and phase not in (jr.RESTORING, jr.RESTORE_FAILED):
             raise RestoreError("a QEMU named %s already runs (pid %d) while its journal says %s." % (
                 record["vm"], running[record["vm"]], phase), vm=record["vm"],
                 fix="if that VM was cold-booted on purpose, move its .json and .state files out of %s." % opts.state_dir)
@@ -290,11 +307,3 @@ def _action_of_finished(record: Dict[str, Any]) -> str:
     if record.get("restored_by") == RESTORED_BY_BOOT_UNIT and record.get("restored_boot_id") == jr.boot_id():
         return "restored_at_boot"
     return "already_running"
-
-
-def _is_up(record: Dict[str, Any]) -> bool:
-    try:
-        with QmpSession(record["qmp"]["path"], record["vm"], connect_timeout=5) as session:
-            return readiness.run_status(session) in RUN_STATES_AFTER_LOAD
-    except QmpError:
-        return False

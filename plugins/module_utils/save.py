@@ -11,6 +11,7 @@ good one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -81,11 +82,13 @@ def check_state_dir(journal: jr.Journal, check_mode: bool) -> None:
                            fix="choose a state_dir on a local, writable filesystem that root owns.")
 
 
-def assess_all(vms: Sequence[Any], opts: SaveOptions, check_outdated: bool = False) -> List[readiness.Readiness]:
+def assess_all(vms: Sequence[Any], opts: SaveOptions, check_outdated: bool = False,
+               records: Optional[Mapping[str, Dict[str, Any]]] = None) -> List[readiness.Readiness]:
+    """records: the journal's, so that a VM whose save was interrupted is judged as vm_save will find it."""
     mounts = ram_verdict.read_mounts()
     outcomes = run_each(list(vms), lambda vm: readiness.assess(
         vm, opts.reboot_method, opts.policy_for(vm.name), opts.persistent_paths, mounts, check_outdated,
-        opts.suspend_policy_for(vm.name)))
+        opts.suspend_policy_for(vm.name), interrupted_save=(records or {}).get(vm.name, {}).get("phase") == jr.SAVING))
     results = []
     for _vm, outcome in outcomes:
         if isinstance(outcome, Exception):
@@ -183,6 +186,22 @@ def _set_aside_partial(state_file: str) -> Optional[str]:
     return state_file + PARTIAL_SUFFIX
 
 
+def _record_failure(journal: jr.Journal, record: Dict[str, Any], error: str, status: str,
+                    partial: Optional[str]) -> Optional[str]:
+    """Journal a failed save; when the disk is too full even for that (another writer filled it), the partial
+    state file of a VM that is back as it was goes first, to make room. The partial file's path, if kept."""
+    try:
+        journal.set_phase(record, jr.SAVE_FAILED, error=error, status_after_failure=status, partial_state_file=partial)
+        return partial
+    except JournalError:
+        if partial is None or status != record.get("run_state_at_save"):
+            raise
+    os.unlink(partial)
+    journal.set_phase(record, jr.SAVE_FAILED, error=error, status_after_failure=status, partial_state_file=None,
+                      partial_state_file_removed="to make room for this record on a full state disk")
+    return None
+
+
 def suspend_guest(session: QmpSession, record: Dict[str, Any], journal: jr.Journal) -> Dict[str, Any]:
     """Suspend the guest to RAM through its agent, and wait (bounded) for QEMU to say it is suspended."""
     path, unreachable = guest_agent.agent_path(record["argv"])
@@ -238,9 +257,7 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
                 status = _resume_after_failure(session, record)
             except QmpError as resume_exc:
                 status = "unknown (%s)" % resume_exc.message
-            partial = _set_aside_partial(state_file)
-            journal.set_phase(record, jr.SAVE_FAILED, error=failure.message, status_after_failure=status,
-                              partial_state_file=partial)
+            partial = _record_failure(journal, record, failure.message, status, _set_aside_partial(state_file))
             raise SaveError("save failed and the VM was left %s: %s" % (status, failure.message), vm=vm.name,
                             fix="fix the cause QEMU names; the VM keeps running, nothing was lost.",
                             partial_state_file=partial, qemu_message=getattr(failure, "qemu_message", None)) from exc
@@ -249,6 +266,22 @@ def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) ->
         raise SaveError("QEMU pid %d did not exit after quit; its state file is complete." % vm.pid, vm=vm.name,
                         fix="check the process; once it is gone, vm_restore can bring the VM back.")
     return journal.set_phase(record, jr.SAVED)
+
+
+def resume_interrupted(vm: Any, record: Dict[str, Any], journal: jr.Journal) -> Dict[str, Any]:
+    """A save whose task died before its QEMU quit (a killed controller, or a killed module): the VM is still here,
+    perhaps mid-migration, paused after it, or suspended by us. Cancel the migration, put the VM back as it was and
+    set the unfinished file aside, so it is saved afresh; its journal says what happened."""
+    with QmpSession(vm.qmp.path, vm.name) as session:
+        if session.execute("query-migrate").get("status") not in migration.MIGRATION_DONE + ("none", None):
+            session.execute("migrate_cancel")
+            migration.result(session, SUSPEND_SECONDS)
+        status = _resume_after_failure(session, record)
+    partial = _set_aside_partial(record["state_file"])
+    return journal.set_phase(record, jr.SAVE_FAILED, status_after_failure=status, partial_state_file=partial,
+                             error="the save was interrupted before QEMU quit (its task died: a killed controller or "
+                                   "module); the next save found the VM %s, and left it %s." % (
+                                       record.get("run_state_at_save"), status))
 
 
 def finish_interrupted(record: Dict[str, Any], journal: jr.Journal) -> Optional[Dict[str, Any]]:
@@ -276,10 +309,11 @@ def check_running(running: Mapping[str, Any], records: Mapping[str, Dict[str, An
 def save_host(opts: SaveOptions) -> Dict[str, Any]:
     journal = jr.Journal(opts.state_dir)
     check_state_dir(journal, opts.check_mode)
-    records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, records)
-    with carrying(scope.secrets):
-        result = _save_in_scope(opts, journal, records, scope)
+    with contextlib.nullcontext() if opts.check_mode else journal.vms_lock(opts.timeout):
+        records = {r["vm"]: r for r in journal.records()}
+        scope = select(opts.qmp_dir, opts.vms, records)
+        with carrying(scope.secrets):
+            result = _save_in_scope(opts, journal, records, scope)
     return dict(result, secrets=scope.secrets)
 
 
@@ -295,8 +329,11 @@ def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Di
             if opts.qmp_dir is None or opts.vms or is_under(str(record.get("qmp", {}).get("path", "")), opts.qmp_dir):
                 results.append(public_view(finished, "already_saved"))
     check_running(running, records, journal)
+    for name, vm in sorted(running.items()):
+        if records.get(name, {}).get("phase") == jr.SAVING and not opts.check_mode:
+            records[name] = resume_interrupted(vm, records[name], journal)
     # outdated: the QEMU its restore starts is another binary, which must take it before anything pauses (probe.py)
-    ready = assess_all(list(running.values()), opts, check_outdated=True)
+    ready = assess_all(list(running.values()), opts, check_outdated=True, records=records)
     preflight(ready, journal, opts.check_mode)
     if opts.check_mode:
         plan = [dict(r.as_dict(), action="would_save", mode=r.verdict.mode if r.verdict else None) for r in ready]

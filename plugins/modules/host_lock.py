@@ -16,6 +16,11 @@ description:
   - A lock held by another run or invocation is refused. When its heartbeat is older than O(stale_after), the run is taken to be
     dead; the lock is explained (run, controller, user, start, last phase) and is broken only when O(break_run_id)
     names that run.
+  - A lock whose C(ansible-playbook) is proven dead is taken over at once, without waiting for O(stale_after). The
+    task's action plugin records the controller's process (machine id, boot id, pid namespace, pid and start time)
+    in the lock, and when another invocation finds the lock held, it checks that process on the controller. Only
+    the same controller can prove its own process dead (it is gone, its pid now names another process, or the
+    controller rebooted); a holder on another controller is waited for, or broken once stale, as above.
   - Taking and releasing the lock reports no change, so a rerun that changes nothing stays idempotent.
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
@@ -53,7 +58,15 @@ options:
   break_run_id:
     description: The run id of a stale lock to take over. Only a stale lock with exactly this run id is broken.
     type: str
+  take_over_nonce:
+    description:
+      - The nonce of a lock whose C(ansible-playbook) the controller has proven dead; only a lock holding exactly
+        this nonce is taken over. The action plugin sets it; a playbook has no reason to.
+    type: str
 attributes:
+  action:
+    description: The action plugin checks, on the controller, whether the holder of a refused lock is dead.
+    support: full
   check_mode:
     description: Reports whether the lock could be taken; writes nothing.
     support: full
@@ -90,6 +103,10 @@ released:
   description: Whether the lock was released.
   type: bool
   returned: when state is absent
+taken_over:
+  description: The lock of a dead C(ansible-playbook) that this call took over.
+  type: dict
+  returned: when a dead holder's lock was taken over
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -109,6 +126,7 @@ def main() -> None:
             "phase": {"type": "str", "default": ""},
             "stale_after": {"type": "int", "default": 7200},
             "break_run_id": {"type": "str"},
+            "take_over_nonce": {"type": "str"},
         },
         supports_check_mode=True)
     boundary.run(module, manage, LockOptions, needs_qmp=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -54,3 +55,31 @@ def test_a_fresh_lock_of_another_run_is_not_broken_even_when_named(tmp_path):
 def test_check_mode_writes_nothing(tmp_path):
     result = lock(tmp_path, run_id="r1", nonce="n1", check_mode=True)
     assert result["acquired"] is False and not os.path.exists(result["path"])
+
+
+def test_a_process_is_told_apart_from_a_dead_one_and_from_a_reused_pid():
+    here = host_lock.process_identity(os.getpid())
+    assert here["pid"] == os.getpid() and here["start_ticks"] > 0 and here["pid_ns"].startswith("pid:[")
+    assert host_lock.holder_gone(here, here) is None, "a live holder is never presumed dead"
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead = host_lock.process_identity(os.getpid()) | {"pid": child.pid}
+    assert "pid %d) is gone" % child.pid in host_lock.holder_gone(dead, here)
+    reused = dict(here, start_ticks=here["start_ticks"] - 1)
+    assert "another process now" in host_lock.holder_gone(reused, here)
+    assert "rebooted" in host_lock.holder_gone(dict(here, boot_id="an-earlier-boot"), here)
+    # nothing can be proven from another machine, another pid namespace, or an old lock without a process
+    assert host_lock.holder_gone(dict(dead, machine_id="another-controller"), here) is None
+    assert host_lock.holder_gone(dict(dead, pid_ns="pid:[1]"), here) is None
+    assert host_lock.holder_gone(None, here) is None
+
+
+def test_a_dead_holders_lock_is_taken_over_only_by_its_nonce(tmp_path):
+    lock(tmp_path, run_id="killed", nonce="dead1", phase="save", owner={"controller": "ops1"})
+    with pytest.raises(JournalError, match="another rollout holds this host"):
+        lock(tmp_path, run_id="rerun", nonce="n2", take_over_nonce="some-other-lock")
+    checked = lock(tmp_path, run_id="rerun", nonce="n2", take_over_nonce="dead1", check_mode=True)
+    assert checked["taken_over"]["run_id"] == "killed" and not checked["acquired"]
+    taken = lock(tmp_path, run_id="rerun", nonce="n2", take_over_nonce="dead1", phase="preflight")
+    assert taken["acquired"] and taken["taken_over"]["nonce"] == "dead1" and taken["held_by"]["run_id"] == "rerun"
+    assert taken["held_by"]["started"] >= taken["taken_over"]["started"]

@@ -101,7 +101,7 @@ def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **o
     monkeypatch.setattr(host_plan.kn, "family", lambda: "debian")
     monkeypatch.setattr(host_plan.qp, "plan_apt", lambda release, only: upgrade or qp.QemuUpgrade(release))
 
-    def assess_all(vms, opts, check_outdated=False):
+    def assess_all(vms, opts, check_outdated=False, records=None):
         judged.append(opts.reboot_method)
         suspends.update({vm.name: opts.suspend_policy_for(vm.name) for vm in vms})
         return [Readiness(vm, ready=True, verdict=None, status="running") for vm in vms]

@@ -42,3 +42,67 @@ def test_unusable_dir_and_unreadable_record(tmp_path):
     with pytest.raises(JournalError, match="cannot be read") as caught:
         journal.read("bad")
     assert caught.value.vm == "bad"
+
+
+def _traced_write(monkeypatch, path, record):
+    """write_json's durability steps, as (step, path) in the order it took them."""
+    trace = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        target = os.readlink("/proc/self/fd/%d" % fd)
+        if os.path.isdir(target):
+            trace.append(("fsync_dir", target))
+        else:
+            with open(target) as handle:
+                trace.append(("fsync", target, handle.read()))
+        real_fsync(fd)
+
+    def rename(source, destination):
+        trace.append(("rename", str(source), str(destination)))
+        real_rename(source, destination)
+
+    monkeypatch.setattr(jr.os, "fsync", fsync)
+    monkeypatch.setattr(jr.os, "rename", rename)
+    jr.write_json(str(path), record)
+    monkeypatch.undo()
+    return trace
+
+
+def _after_power_loss(trace, cut, path, old, new):
+    """Every content ``path`` may hold after power is lost before step ``cut``, on a filesystem that keeps
+    only what was fsynced: file data is durable after an fsync of the file, a rename after an fsync of its dir;
+    anything not yet durable may or may not have reached the disk, and data that did may be cut short."""
+    done = trace[:cut]
+    renames = [i for i, step in enumerate(done) if step[0] == "rename" and step[2] == str(path)]
+    if not renames:
+        return {old}
+    at = renames[-1]
+    temp = done[at][1]
+    rename_durable = any(step[0] == "fsync_dir" and step[1] == os.path.dirname(str(path)) for step in done[at:])
+    data_durable = any(step[0] == "fsync" and step[1] == temp and step[2] == new for step in done)
+    outcomes = {new} if data_durable else {new, new[: len(new) // 2], ""}
+    return outcomes if rename_durable else outcomes | {old}
+
+
+def test_a_record_survives_power_loss_at_every_step_as_the_old_one_or_the_new_one(tmp_path, monkeypatch):
+    """temp file, fsync, rename, fsync of the dir: cut the power anywhere and the record is whole, old or new."""
+    path = tmp_path / "web1.json"
+    jr.write_json(str(path), {"vm": "web1", "phase": "saving"})
+    old = path.read_text()
+    new_record = {"vm": "web1", "phase": "saved", "state_sha256": "ab" * 32}
+
+    trace = _traced_write(monkeypatch, path, new_record)
+
+    new = path.read_text()
+    assert [step[0] for step in trace] == ["fsync", "rename", "fsync_dir"], trace
+    assert trace[0][2] == new, "the temp file is whole when it is fsynced"
+    assert trace[1][1] == trace[0][1] and trace[1][1] != str(path), "the record is never written in place"
+    for cut in range(len(trace) + 1):
+        possible = _after_power_loss(trace, cut, path, old, new)
+        assert possible <= {old, new}, "power lost before step %d may leave %r" % (cut, possible - {old, new})
+    assert _after_power_loss(trace, len(trace), path, old, new) == {new}, "once write_json returns, the new one is durable"
+    assert [name for name in os.listdir(tmp_path) if name.endswith(".tmp")] == []
+    # the model does catch the classic mistake: a rename before the data's fsync may leave half a record
+    unsynced = [("rename", trace[0][1], str(path)), ("fsync_dir", str(tmp_path))]
+    assert _after_power_loss(unsynced, 2, path, old, new) - {old, new}

@@ -149,6 +149,13 @@ def test_only_running_or_paused_vms_may_be_saved(monitor, status):
     assert result.reasons == ["run state is %s; only a running or paused VM can be saved" % status]
 
 
+@pytest.mark.parametrize("status", ["finish-migrate", "postmigrate"])
+def test_the_states_an_interrupted_save_leaves_are_no_refusal_of_the_save_that_resumes_it(monitor, status):
+    monitor(status=status)
+    assert readiness.assess(qemu(), "kexec", "fail", [], [], interrupted_save=True).ready
+    assert not assess(qemu()).ready, "without the journal's word, such a VM is no VM to save"
+
+
 def test_a_paused_vm_may_be_saved(monitor):
     monitor(status="paused")
     assert assess(qemu()).ready

@@ -245,16 +245,42 @@ def test_a_qemu_of_the_same_vm_already_running_refuses_its_saved_record(journal,
         host(qemu("web1"))
 
 
-def test_an_interrupted_restore_whose_vm_is_up_is_only_marked_restored(journal, host, monkeypatch):
+def test_an_interrupted_restore_is_restored_again_by_the_rerun(journal, host):
     saved(journal, "web1", phase=jr.RESTORING)
-    monkeypatch.setattr(restore, "_is_up", lambda record: True)
-
     result, restored = host(qemu("web1", pid=99))
+    assert restored == ["web1"], "restore_one finishes it, adopting or replacing the QEMU left behind"
+    assert actions(result) == {"web1": "restored"}
 
-    assert restored == []
-    assert actions(result) == {"web1": "already_running"}
-    assert journal.read("web1")["phase"] == jr.RESTORED
-    assert journal.read("web1")["pid"] == 99
+
+def test_a_loaded_vm_left_paused_by_a_killed_restore_is_adopted_resumed_and_its_state_file_deleted(journal, monkeypatch):
+    record = saved(journal, "web1", phase=jr.RESTORING)
+    fake = FakeQemu(journal, status_after_load="paused").install(monkeypatch)
+    monkeypatch.setattr(restore, "launch", no_launch)
+    monkeypatch.setattr(restore, "running_qemus", lambda: [qemu("web1", pid=99)])
+
+    done = restore.restore_one(record, journal, keep_state=False, timeout=5)
+
+    assert done["phase"] == jr.RESTORED and done["pid"] == 99 and done["adopted_from_interrupted_restore"]
+    assert "cont" in fake.sent and "quit" not in fake.sent and fake.state_file_at_load is None
+    assert not os.path.exists(record["state_file"]), "deleted only now that the VM is verified running"
+
+
+def test_a_qemu_left_waiting_for_its_load_is_quit_and_the_vm_restored_afresh(journal, monkeypatch):
+    record = saved(journal, "web1", phase=jr.RESTORING)
+    fake = FakeQemu(journal).install(monkeypatch)
+    fake.status = "inmigrate"
+    quits = []
+    monkeypatch.setattr(restore, "QmpSession", session_class(
+        fake, quit=lambda session: quits.append(session.vm) or setattr(fake, "status", "paused"),
+        wait_for=lambda session, predicate, timeout, interval=0.02, what="", wake_on_events=False: predicate(session),
+        last_event_time=lambda session, name: RESUMED_AT if name == "RESUME" else None))
+    monkeypatch.setattr(restore, "wait_gone", lambda pid, timeout: True)
+    monkeypatch.setattr(restore, "running_qemus", lambda: [qemu("web1", pid=99)])
+
+    done = restore.restore_one(record, journal, keep_state=False, timeout=5)
+
+    assert quits == ["web1"] and fake.launched_argv is not None and fake.state_file_at_load == b"device state"
+    assert done["pid"] == 777 and not done["adopted_from_interrupted_restore"]
 
 
 def test_check_mode_verifies_every_state_file_and_changes_nothing(journal, host):

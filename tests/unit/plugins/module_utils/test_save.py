@@ -295,10 +295,61 @@ def test_an_io_error_on_the_state_file_after_the_migration_still_resumes_the_vm(
     assert journal.read("web1")["phase"] == jr.SAVE_FAILED
 
 
+def test_an_interrupted_save_is_cancelled_resumed_and_its_file_set_aside(journal, monkeypatch):
+    """Its task died mid-migration (a killed controller or module); the next save puts the VM back first."""
+    fake = FakeQemu(journal).install(monkeypatch)
+    fake.status = "finish-migrate"
+    migrations = iter(["active", "cancelled"])
+    real_execute = save.QmpSession.execute
+
+    def execute(session, command, arguments=None, timeout=None):
+        if command == "query-migrate":
+            return {"status": next(migrations)}
+        if command == "migrate_cancel":
+            fake.status = "paused"
+        return real_execute(session, command, arguments, timeout)
+    monkeypatch.setattr(save.QmpSession, "execute", execute)
+    monkeypatch.setattr(save.migration, "result", lambda session, timeout: {"status": "cancelled"})
+    record = journal.set_phase(save.new_record(assessed(), journal), jr.SAVING)
+    with open(record["state_file"], "wb") as handle:
+        handle.write(b"half a state")
+
+    resumed = save.resume_interrupted(qemu("web1"), record, journal)
+
+    assert fake.sent.index("migrate_cancel") < fake.sent.index("cont") and "quit" not in fake.sent
+    assert resumed["phase"] == jr.SAVE_FAILED and resumed["status_after_failure"] == "running"
+    assert "interrupted" in resumed["error"]
+    with open(resumed["partial_state_file"], "rb") as partial:
+        assert partial.read() == b"half a state"
+    assert not os.path.exists(record["state_file"])
+
+
+def test_a_failed_save_on_a_full_state_disk_makes_room_for_its_record_with_its_partial_file(journal, monkeypatch):
+    fake = FakeQemu(journal, migration_status="failed", status_after_migration="paused").install(monkeypatch)
+    real_write = jr.write_json
+    full = {"left": 1}
+
+    def write_json(path, data):
+        if data.get("phase") == jr.SAVE_FAILED and full["left"]:
+            full["left"] -= 1
+            raise OSError(28, "No space left on device", path)
+        real_write(path, data)
+    monkeypatch.setattr(jr, "write_json", write_json)
+
+    with pytest.raises(SaveError, match="left running"):
+        save.save_one(assessed(), journal, timeout=5)
+
+    assert fake.status == "running"
+    on_disk = journal.read("web1")
+    assert on_disk["phase"] == jr.SAVE_FAILED and on_disk["partial_state_file"] is None
+    assert "full state disk" in on_disk["partial_state_file_removed"]
+    assert not os.path.exists(journal.state_path("web1") + save.PARTIAL_SUFFIX)
+
+
 # -- save_host: nothing is paused unless every VM may be ---------------------------------------------------------
 def test_one_vm_that_is_not_ready_means_no_vm_is_saved(journal, monkeypatch):
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("web1"), qemu("db1", pid=2)]))
-    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [
         assessed("web1"), ready("db1", reasons=["supervised: restarts it"])])
 
     def no_save(*_args):
@@ -312,7 +363,7 @@ def test_one_vm_that_is_not_ready_means_no_vm_is_saved(journal, monkeypatch):
 def test_saved_vms_that_are_down_are_reported_as_already_saved_and_not_saved_again(journal, monkeypatch):
     journal.set_phase({"vm": "old", "phase": jr.SAVED, "qmp": {"path": "/run/qmp/old.sock"}, "launch_argv": []}, jr.SAVED)
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([]))
-    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [])
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [])
 
     result = save.save_host(save.SaveOptions(state_dir=journal.state_dir))
 
@@ -325,7 +376,7 @@ def test_saved_vms_that_are_down_are_reported_as_already_saved_and_not_saved_aga
 def test_check_mode_plans_the_saves_and_writes_nothing(tmp_path, monkeypatch):
     state_dir = str(tmp_path / "state")
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("web1")]))
-    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed("web1")])
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [assessed("web1")])
     monkeypatch.setattr(save, "save_one", lambda *_args: pytest.fail("check mode saved a VM"))
 
     result = save.save_host(save.SaveOptions(state_dir=state_dir, check_mode=True))
@@ -337,7 +388,7 @@ def test_check_mode_plans_the_saves_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_one_failed_save_does_not_hide_the_others_and_says_which_were_left_running(journal, monkeypatch):
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("a"), qemu("b", pid=2)]))
-    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed("a"), assessed("b")])
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [assessed("a"), assessed("b")])
 
     def save_one(found, journal_, timeout):
         if found.vm.name == "b":
@@ -359,7 +410,8 @@ def test_the_restore_token_is_armed_once_every_vm_is_saved_and_not_after_a_parti
         return Scope([qemu(name, pid=pid) for pid, name in enumerate("ab", 1)
                       if records.get(name, {}).get("phase") != jr.SAVED and (not vms or name in vms)])
     monkeypatch.setattr(save, "select", still_running)
-    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed(vm.name) for vm in vms])
+    monkeypatch.setattr(save, "assess_all",
+                        lambda vms, opts, check_outdated=False, records=None: [assessed(vm.name) for vm in vms])
     monkeypatch.setattr(save, "save_one", lambda found, journal_, timeout: journal_.set_phase(
         {"vm": found.vm.name, "launch_argv": []}, jr.SAVED))
     boot_token.mint(journal.state_dir, True)
@@ -373,7 +425,7 @@ def test_the_restore_token_is_armed_once_every_vm_is_saved_and_not_after_a_parti
 
 def test_a_failed_save_arms_nothing(journal, monkeypatch):
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("a")]))
-    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False: [assessed("a")])
+    monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [assessed("a")])
 
     def fails(found, journal_, timeout):
         raise SaveError("boom", vm="a")
