@@ -38,7 +38,9 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible has no type hin
         taken: Dict[str, Any] = self._execute_module(
             module_name=MODULE, module_args=dict(args, take_over_nonce=held["nonce"]), task_vars=task_vars)
         if not taken.get("failed"):
+            # the fleet-wide preflight only checks (check mode): the host's own batch takes the lock over
+            done = "took over" if taken.get("acquired") else "will take over"
             taken.setdefault("warnings", []).append(
-                "took over the lock of run %s: %s. Its VMs are where the journal says; this run carries on from "
-                "there." % (held.get("run_id"), why))
+                "%s the lock of run %s: %s. Its VMs are where the journal says; this run carries on from "
+                "there." % (done, held.get("run_id"), why))
         return taken
