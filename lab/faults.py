@@ -90,7 +90,9 @@ def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str])
         def jumped() -> bool:
             if banners(console) > booted:
                 return True
-            if lock.get("phase") != "reboot":
+            # the lock's last refresh before the jump is the save's (none inside the blackout); from then on only
+            # the console is watched, so that no SSH call to a host going down delays the kill
+            if lock.get("phase") != "save":
                 seen = lab.run(host, "cat", "/var/lib/liveupdate-cpr/rollout.lock", check=False, timeout=20)
                 lock.update(json.loads(seen) if seen.startswith("{") else {})
             return False
