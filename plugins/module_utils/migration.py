@@ -24,6 +24,11 @@ RECHECK_SECONDS = 0.1
 SETTLE_SECONDS = 10.0
 
 
+def in_progress(session: QmpSession) -> bool:
+    """A migration has started and not yet reached a final status (an earlier task's, left running)."""
+    return session.execute("query-migrate").get("status") not in MIGRATION_DONE + ("none", None)
+
+
 def set_cpr_mode(session: QmpSession, x_ignore_shared: bool) -> None:
     session.execute("migrate-set-capabilities",
                     {"capabilities": [{"capability": "x-ignore-shared", "state": x_ignore_shared},

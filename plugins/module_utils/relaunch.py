@@ -24,7 +24,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.save import (
     check_state_dir,
     preflight,
     public_view,
-    resume_interrupted,
+    resume_interrupted_saves,
     save_one,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope, select
@@ -68,8 +68,8 @@ def _relaunch_in_scope(opts: RelaunchOptions, journal: jr.Journal, records: Dict
                             fix="run vm_restore first; vm_relaunch only cycles running VMs.")
     for vm in scope.running:
         check_name(vm.name)
-        if records.get(vm.name, {}).get("phase") == jr.SAVING and not opts.check_mode:
-            records[vm.name] = resume_interrupted(vm, records[vm.name], journal)
+    if not opts.check_mode:
+        resume_interrupted_saves(scope.running, records, journal)
     assessed = assess_all(scope.running, opts, check_outdated=True, records=records)
     results: List[Dict[str, Any]] = []
     chosen = []

@@ -111,8 +111,7 @@ def _left_behind(record: Dict[str, Any], timeout: float) -> Optional[QemuProcess
             continue
         with QmpSession(vm.qmp.path, vm.name) as session:
             status = readiness.run_status(session)
-            if status == "inmigrate" and session.execute("query-migrate").get("status") not in (
-                    migration.MIGRATION_DONE + ("none", None)):
+            if status == "inmigrate" and migration.in_progress(session):
                 migration.result(session, timeout)
                 status = readiness.run_status(session)
             if record.get("phase") == jr.RESTORING and status in ADOPTABLE_STATES:

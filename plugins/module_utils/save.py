@@ -273,7 +273,7 @@ def resume_interrupted(vm: Any, record: Dict[str, Any], journal: jr.Journal) -> 
     perhaps mid-migration, paused after it, or suspended by us. Cancel the migration, put the VM back as it was and
     set the unfinished file aside, so it is saved afresh; its journal says what happened."""
     with QmpSession(vm.qmp.path, vm.name) as session:
-        if session.execute("query-migrate").get("status") not in migration.MIGRATION_DONE + ("none", None):
+        if migration.in_progress(session):
             session.execute("migrate_cancel")
             migration.result(session, SUSPEND_SECONDS)
         status = _resume_after_failure(session, record)
@@ -282,6 +282,13 @@ def resume_interrupted(vm: Any, record: Dict[str, Any], journal: jr.Journal) -> 
                              error="the save was interrupted before QEMU quit (its task died: a killed controller or "
                                    "module); the next save found the VM %s, and left it %s." % (
                                        record.get("run_state_at_save"), status))
+
+
+def resume_interrupted_saves(running: Sequence[Any], records: Dict[str, Dict[str, Any]], journal: jr.Journal) -> None:
+    """resume_interrupted for each running VM whose record says its save was under way; records updated."""
+    for vm in running:
+        if records.get(vm.name, {}).get("phase") == jr.SAVING:
+            records[vm.name] = resume_interrupted(vm, records[vm.name], journal)
 
 
 def finish_interrupted(record: Dict[str, Any], journal: jr.Journal) -> Optional[Dict[str, Any]]:
@@ -329,9 +336,8 @@ def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Di
             if opts.qmp_dir is None or opts.vms or is_under(str(record.get("qmp", {}).get("path", "")), opts.qmp_dir):
                 results.append(public_view(finished, "already_saved"))
     check_running(running, records, journal)
-    for name, vm in sorted(running.items()):
-        if records.get(name, {}).get("phase") == jr.SAVING and not opts.check_mode:
-            records[name] = resume_interrupted(vm, records[name], journal)
+    if not opts.check_mode:
+        resume_interrupted_saves([running[name] for name in sorted(running)], records, journal)
     # outdated: the QEMU its restore starts is another binary, which must take it before anything pauses (probe.py)
     ready = assess_all(list(running.values()), opts, check_outdated=True, records=records)
     preflight(ready, journal, opts.check_mode)
