@@ -3,11 +3,19 @@ and the molecule kexec scenario).
 
     python -m lab.faults after-jump --lab-dir LAB --host hv3 --kill controller -- ansible-playbook -i ... kernel-live-update.yml
     python -m lab.faults after-jump --lab-dir LAB --host hv3 --kill host -- ansible-playbook ...
+    python -m lab.faults before-jump --lab-dir LAB --host hv1 -- ansible-playbook ...
+    python -m lab.faults ssh-cut --lab-dir LAB --host hv1 -- ansible-playbook ...
 
-after-jump starts the rollout, waits (bounded) until the lab host's serial console shows a new kernel's banner, which
-is the moment of the jump, and then kills either the controller (ansible-playbook and its workers: the host reboots
-on its own) or the host's QEMU (a host that never comes back). It prints one JSON line: what it killed, when, the
-lock the host held just before the jump, and the rollout's output and exit status once it ended.
+Each starts the rollout given after --, lands its fault, and prints one JSON line: what it did, when, and the
+rollout's output and exit status once it ended. Every wait is bounded.
+- after-jump waits until the lab host's serial console shows a new kernel's banner, which is the moment of the jump,
+  and then kills either the controller (ansible-playbook and its workers: the host reboots on its own) or the host's
+  QEMU (a host that never comes back). It also returns the lock the host held just before the jump.
+- before-jump kills the controller once its worker runs the flush that comes right before the jump
+  (roles/kexec/tasks/reboot.yml), which is after the save: the VMs are saved and the host is never rebooted.
+- ssh-cut stops the module that holds the host's VM lock (the save, in a cycle) with SIGSTOP, pulls the host's
+  network cable (QMP set_link) so that the controller's SSH session hangs until ServerAlive* gives up, waits for the
+  rollout to end, plugs the cable back in and lets the module go on: it finishes with nobody to answer to.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 BANNER = b"Linux version "
 WAIT = 600.0
+# the raw command of roles/kexec/tasks/reboot.yml's step right before the jump, on its worker's ssh command line
+FLUSH_BEFORE_THE_JUMP = "sync && date +%s.%N"
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout: float = WAIT, interval: float = 0.005) -> Any:
@@ -49,6 +59,21 @@ def _argv_of(pid: int) -> List[str]:
         return [word.decode() for word in Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")[:-1]]
     except OSError:
         return []
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    for _generation in range(8):
+        parent = _parent_of(pid)
+        if parent is None or parent <= 1:
+            return False
+        if parent == ancestor:
+            return True
+        pid = parent
+    return False
+
+
+def _pids() -> List[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
 def controller_pids(playbook_pid: int) -> List[int]:
@@ -112,17 +137,92 @@ def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str])
             "lock_before_the_jump": lock, "rc": playbook.returncode, "output": output}
 
 
+def _boot_id(lab: Any, host: Any) -> str:
+    return str(lab.run(host, "cat", "/proc/sys/kernel/random/boot_id")).strip()
+
+
+def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, Any]:
+    from lab.host.fleet import Lab
+
+    lab = Lab(lab_dir)
+    host = lab.host(host_name)
+    console = Path(host.home) / "console.log"
+    booted, boot_before = banners(console), _boot_id(lab, host)
+    playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def flushing() -> List[int]:
+            return [pid for pid in _pids() if _descends_from(pid, playbook.pid) and "Port=%d" % host.port in
+                    _argv_of(pid) and any(FLUSH_BEFORE_THE_JUMP in word for word in _argv_of(pid))]
+        ssh = wait_for("flush before the jump of %s" % host_name, flushing)
+        killed_at = time.time()
+        killed = kill_controller(playbook)
+        for pid in ssh:  # its last SSH call: whether or not the flush ran, the jump's command is never sent
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        output = playbook.communicate(timeout=WAIT)[0]
+    finally:
+        if playbook.poll() is None:
+            kill_controller(playbook)
+            playbook.communicate(timeout=60)
+    time.sleep(5)  # a jump already under way would show its banner by now
+    return {"host": host_name, "killed": "controller", "pids": killed, "ssh_pids": ssh, "killed_at": killed_at,
+            "boot_id_before": boot_before, "boot_id_after": _boot_id(lab, host),
+            "banners_since": banners(console) - booted, "rc": playbook.returncode, "output": output}
+
+
+def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, Any]:
+    from lab.host.fleet import INSIDE_DIR, Lab
+
+    lab = Lab(lab_dir)
+    host = lab.host(host_name)
+    boot_before = _boot_id(lab, host)
+    playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cut = False
+    try:
+        # blocks on the host until a module holds the VM lock, then stops it there: the fault lands inside the task
+        stopped = json.loads(lab.run(host, "python3", INSIDE_DIR + "/inside.py", "stop-module", "--timeout",
+                                     str(int(WAIT) - 30), timeout=WAIT))
+        lab.set_link(host, up=False)
+        cut, cut_at = True, time.time()
+        output = playbook.communicate(timeout=WAIT)[0]
+        ended_at = time.time()
+    finally:
+        if playbook.poll() is None:
+            kill_controller(playbook)
+            playbook.communicate(timeout=60)
+        if cut:
+            lab.set_link(host, up=True)
+    lab.wait_ssh(host, timeout=120)
+    lab.run(host, "kill", "-CONT", str(stopped["pid"]))
+    wait_for("end of the module %d on %s" % (stopped["pid"], host_name), lambda: lab.run(
+        host, "sh", "-c", "kill -0 %d 2>/dev/null || echo gone" % stopped["pid"]).strip() == "gone", interval=1)
+    return {"host": host_name, "stopped": stopped, "cut_at": cut_at, "rollout_ended_at": ended_at,
+            "boot_id_before": boot_before, "boot_id_after": _boot_id(lab, host), "rc": playbook.returncode,
+            "output": output}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if "--" not in words:
         raise SystemExit("give the rollout's command after --")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("fault", choices=["after-jump"])
+    parser.add_argument("fault", choices=["after-jump", "before-jump", "ssh-cut"])
     parser.add_argument("--lab-dir", type=Path, required=True)
     parser.add_argument("--host", required=True)
-    parser.add_argument("--kill", choices=["controller", "host"], required=True)
+    parser.add_argument("--kill", choices=["controller", "host"], help="after-jump: what to kill")
     args = parser.parse_args(words[:words.index("--")])
-    print(json.dumps(after_jump(args.lab_dir, args.host, args.kill, words[words.index("--") + 1:])))
+    rollout = words[words.index("--") + 1:]
+    if args.fault == "after-jump":
+        if not args.kill:
+            parser.error("after-jump needs --kill controller or --kill host")
+        result = after_jump(args.lab_dir, args.host, args.kill, rollout)
+    elif args.fault == "before-jump":
+        result = before_jump(args.lab_dir, args.host, rollout)
+    else:
+        result = ssh_cut(args.lab_dir, args.host, rollout)
+    print(json.dumps(result))
     return 0
 
 

@@ -6,6 +6,7 @@
     python3 inside.py start --host hv3 --vms 1 --first 3 --client-socket /var/lib/liveupdate-lab/peer.sock
     python3 inside.py serve --client-socket /var/lib/liveupdate-lab/peer.sock
                                                     # one more guest, a client of a socket that only this boot serves
+    python3 inside.py stop-module                   # SIGSTOP the module that holds the VM lock, once one does
 
 Standard library only: it runs before host_prepare has installed anything.
 """
@@ -18,10 +19,11 @@ import json
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 try:
     from guest_probe import probe_socket, wait_started  # inside a host, beside this file
@@ -33,6 +35,7 @@ QMP_DIR = "/run/liveupdate-lab/qmp"
 DAX = "/dev/dax0.0"
 GUEST_DISK = HOME + "/cpr-test-guest.img"
 QEMU = "/usr/bin/qemu-system-x86_64"
+STATE_DIR = "/var/lib/liveupdate-cpr"
 
 
 def pmem() -> Dict[str, Any]:
@@ -132,20 +135,77 @@ def probe() -> List[Dict[str, Any]]:
     return found
 
 
+def records(state_dir: str) -> Dict[str, str]:
+    """Each journal record's phase, by VM."""
+    phases = {}
+    for path in glob.glob(os.path.join(state_dir, "*.json")):
+        try:
+            with open(path) as handle:
+                phases[os.path.basename(path)[:-len(".json")]] = json.load(handle)["phase"]
+        except (OSError, ValueError, KeyError):
+            continue  # being replaced right now
+    return phases
+
+
+def vms_lock_holder(state_dir: str) -> Optional[int]:
+    """The pid holding STATE_DIR/.vms.lock (flock): the module that saves or restores the host's VMs right now."""
+    try:
+        inode = os.stat(os.path.join(state_dir, ".vms.lock")).st_ino
+    except OSError:
+        return None
+    with open("/proc/locks") as handle:
+        for line in handle:
+            fields = line.split()
+            if "FLOCK" in fields and fields[-3].rsplit(":", 1)[-1] == str(inode):
+                return int(fields[-4])
+    return None
+
+
+def _is_boot_unit(pid: int) -> bool:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return b"liveupdate-cpr-restore" in handle.read()  # boot_restore.ENTRY_POINT
+    except OSError:
+        return False
+
+
+def stop_module(state_dir: str, vm: str = "", phase: str = "", timeout: float = 600) -> Dict[str, Any]:
+    """SIGSTOP the module holding the VM lock, once one does (and once vm's record is in phase, when given).
+
+    Polled every 5 ms on the host itself, so that the stop lands within a module that runs for well under a second.
+    The restore unit of this boot, which may still hold the lock for its guests' clocks, is not a module: left alone.
+    Returns its pid and every record's phase as they were once it stood still: the caller checks the fault landed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        module = vms_lock_holder(state_dir)
+        if module and _is_boot_unit(module):
+            module = None
+        if module and (not phase or records(state_dir).get(vm) == phase):
+            os.kill(module, signal.SIGSTOP)
+            return {"pid": module, "records": records(state_dir)}
+        time.sleep(0.005)
+    raise TimeoutError("no module held %s/.vms.lock%s within %d s" % (
+        state_dir, " with %s in phase %s" % (vm, phase) if phase else "", timeout))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("action", choices=["pmem", "start", "probe", "serve"])
+    parser.add_argument("action", choices=["pmem", "start", "probe", "serve", "stop-module"])
     parser.add_argument("--host", default="hv")
     parser.add_argument("--vms", type=int, default=2)
     parser.add_argument("--ram-mb", type=int, default=16)
     parser.add_argument("--shm", action="append", default=[], help="VM names whose RAM goes on tmpfs")
     parser.add_argument("--first", type=int, default=1, help="the number of the first VM (its pmem range follows)")
     parser.add_argument("--client-socket", default="", help="serve this socket now, and make the VMs its clients")
+    parser.add_argument("--state-dir", default=STATE_DIR, help="stop-module: the collection's state dir")
+    parser.add_argument("--timeout", type=float, default=600, help="stop-module: how long to wait for a module")
     args = parser.parse_args()
     if args.action == "pmem":
         result: Any = pmem()
     elif args.action == "start":
         result = start(args.host, args.vms, args.ram_mb, args.shm, args.first, args.client_socket)
+    elif args.action == "stop-module":
+        result = stop_module(args.state_dir, timeout=args.timeout)
     elif args.action == "serve":  # the socket a client VM needs, back on this boot (a backend restarted)
         serve_socket(args.client_socket)
         result = {"serving": args.client_socket}

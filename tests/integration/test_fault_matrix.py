@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import pytest
 from ansible_run import BIN, ROOT
@@ -30,6 +30,7 @@ from helpers import assert_resumed, cmdline, qemu_pids
 from lab import faults
 from lab import local_fleet as fleet
 from lab.faults import wait_for
+from lab.host import inside
 from lab.testvm import GuestState, TestVm, guest_disk, kill_all
 
 PLAYBOOK = ROOT / "playbooks" / "kernel-live-update.yml"
@@ -146,26 +147,11 @@ def kill_controller(playbook: subprocess.Popen) -> List[int]:
     return pids
 
 
-def vms_lock_holder(lab: Lab) -> Optional[int]:
-    """The pid holding STATE_DIR/.vms.lock: the module that saves or restores this host's VMs right now."""
-    try:
-        inode = os.stat(lab.state / ".vms.lock").st_ino
-    except OSError:
-        return None
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "FLOCK" in fields and fields[-3].rsplit(":", 1)[-1] == str(inode):
-            return int(fields[-4])
-    return None
-
-
 def stop_module_in(lab: Lab, vm: str, phase: str) -> int:
     """SIGSTOP the module that holds the VM lock once vm's journal record is in ``phase``; its pid."""
-    wait_for("journal record of %s in phase %s" % (vm, phase), lambda: lab.record(vm).get("phase") == phase)
-    module = wait_for("module holding the VM lock", lambda: vms_lock_holder(lab))
-    os.kill(module, signal.SIGSTOP)
-    assert lab.record(vm)["phase"] == phase, "the fault landed too late: %s is %s" % (vm, lab.record(vm)["phase"])
-    return module
+    stopped = inside.stop_module(str(lab.state), vm=vm, phase=phase, timeout=WAIT)
+    assert stopped["records"].get(vm) == phase, "the fault landed too late: %s" % stopped["records"]
+    return stopped["pid"]
 
 
 def fill(path: Path) -> None:

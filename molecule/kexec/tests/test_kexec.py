@@ -43,6 +43,15 @@ def guests_now(host):
     return {guest["vm"]: guest for guest in json.loads(host.check_output("python3 %s probe", INSIDE))}
 
 
+def guests_after_converge(host):
+    """What hv1's guests saw of converge, kept by side_effect before hv1's fault chain (faults.yml) ran its own
+    blackouts; every other host's guests as they are now."""
+    if host.backend.get_hostname() == "hv1":
+        with open(os.path.join(LAB, "hv1-guests-after-converge.json")) as handle:
+            return {guest["vm"]: guest for guest in json.load(handle)}
+    return guests_now(host)
+
+
 def expected_vms(entry):
     # hv3's tmpfs VM was refused and stopped by fallback.yml; every other VM must have come through
     return [vm for vm in entry["vms"] if not vm["vm"].endswith("hv3-vm2")]
@@ -84,7 +93,7 @@ def test_report_blackout_matches_what_the_guest_saw_and_the_host_bounds(host):
     assert report["status"] == "updated" and not report["vms_down"], report
     reported = {vm["vm"]: vm for vm in report["vms"]}
     rows = {row["vm"]: row for row in blackout_split(report)}
-    now = guests_now(host)
+    now = guests_after_converge(host)
     for vm in expected_vms(entry):
         if entry["name"] == "hv3":
             # the guest keeps only its longest stall, which may be an earlier run's of hv3's fault chain
