@@ -10,8 +10,9 @@ OLDEST := .venv-oldest
 OLDEST_BIN := $(OLDEST)/bin
 OLDEST_STAMP := $(OLDEST)/.installed
 # `make test`, stage by stage, in order, each NAME:TARGET or just TARGET; tools/stage.sh times each.
-# The Debian 13 chroot (mostly downloads and apt) runs beside the lint stages, and is awaited before the first stage
-# that starts VMs: a VM of its fleet would be one more QEMU on the machine for tests that look at every QEMU.
+# The Debian 13 chroot (mostly downloads and apt) and the two VM images (the lab host's and the Linux guest's, built
+# once and cached) run beside the lint stages, and are awaited before the first stage that starts VMs: a VM of the
+# chroot's fleet would be one more QEMU on the machine for tests that look at every QEMU.
 TEST_STAGES_FIRST := lint:checks sanity venv-2.16:venv-oldest sanity-2.16:sanity-oldest
 TEST_STAGES_THEN := pytest pytest-2.16:pytest-oldest molecule molecule-kexec
 
@@ -44,18 +45,21 @@ test:
 	tools/stage.sh run setup $(MAKE) --no-print-directory setup || rc=$$?; \
 	if [ $$rc -eq 0 ]; then \
 	  mkdir -p build; tools/stage.sh run debian13 $(MAKE) --no-print-directory debian13 >build/debian13.log 2>&1 & bg=$$!; \
+	  tools/stage.sh run images $(MAKE) --no-print-directory images >build/images.log 2>&1 & bgi=$$!; \
 	  for stage in $(TEST_STAGES_FIRST); do \
 	    tools/stage.sh run "$${stage%%:*}" $(MAKE) --no-print-directory $${stage#*:} || { rc=$$?; break; }; \
 	  done; \
 	  wait $$bg || { drc=$$?; echo "make test: the Debian 13 stage failed; the end of build/debian13.log:"; \
 	                 tail -n 60 build/debian13.log; [ $$rc -ne 0 ] || rc=$$drc; }; \
+	  wait $$bgi || { drc=$$?; echo "make test: the images stage failed; the end of build/images.log:"; \
+	                  tail -n 60 build/images.log; [ $$rc -ne 0 ] || rc=$$drc; }; \
 	fi; \
 	if [ $$rc -eq 0 ]; then \
 	  for stage in $(TEST_STAGES_THEN); do \
 	    tools/stage.sh run "$${stage%%:*}" $(MAKE) --no-print-directory $${stage#*:} || { rc=$$?; break; }; \
 	  done; \
 	fi; \
-	echo; echo "make test: stage times (debian13 ran beside lint to sanity-2.16)"; tools/stage.sh table; \
+	echo; echo "make test: stage times (debian13 and images ran beside lint to sanity-2.16)"; tools/stage.sh table; \
 	wall=$$(( $$(date +%s) - start )); printf 'wall clock       %6d s  %5dm%02ds\n' $$wall $$((wall / 60)) $$((wall % 60)); \
 	exit $$rc
 
@@ -88,8 +92,9 @@ pytest-oldest: system-packages venv-oldest
 	PATH=$(CURDIR)/$(OLDEST_BIN):$$PATH $(OLDEST_BIN)/pytest tests/unit \
 	  tests/integration/test_fleet.py::test_failed_restore_stops_the_rollout_keeps_the_state_and_a_rerun_resumes
 
+# --durations: where the stage's time goes, in every log (CI's included)
 pytest: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest --durations=25
 
 molecule: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default
@@ -104,6 +109,12 @@ demo: setup
 # The first demo: a save-and-restore round trip of local VMs, no host lab (seconds, not minutes).
 demo-local: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.local_demo
+
+# The lab host image and the Linux guest image, built once and cached under build/cache by their inputs
+.PHONY: images
+images: setup
+	$(BIN)/python -m lab.host.image >/dev/null
+	$(BIN)/python -m lab.linux_guest image >/dev/null
 
 # A Debian 13 control node in a chroot (tools/debian13.py): the set-up script's trixie branch, then the local fleet
 # rollout on ansible-core 2.21. The chroot is built once (7 to 8 minutes here) and cached under build/cache;

@@ -54,7 +54,8 @@ def _parent_of(pid: int) -> Optional[int]:
         return None
 
 
-def _argv_of(pid: int) -> List[str]:
+def argv_of(pid: int) -> List[str]:
+    """A process's command line; [] once it is gone."""
     try:
         return [word.decode() for word in Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")[:-1]]
     except OSError:
@@ -79,7 +80,7 @@ def _pids() -> List[int]:
 def controller_pids(playbook_pid: int) -> List[int]:
     """ansible-playbook and its workers (its forks, with its command line), not the modules they started."""
     workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-               if _parent_of(pid) == playbook_pid and any("ansible-playbook" in word for word in _argv_of(pid))]
+               if _parent_of(pid) == playbook_pid and any("ansible-playbook" in word for word in argv_of(pid))]
     return [playbook_pid] + workers
 
 
@@ -152,7 +153,7 @@ def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[s
     try:
         def flushing() -> List[int]:
             return [pid for pid in _pids() if _descends_from(pid, playbook.pid) and "Port=%d" % host.port in
-                    _argv_of(pid) and any(FLUSH_BEFORE_THE_JUMP in word for word in _argv_of(pid))]
+                    argv_of(pid) and any(FLUSH_BEFORE_THE_JUMP in word for word in argv_of(pid))]
         ssh = wait_for("flush before the jump of %s" % host_name, flushing)
         killed_at = time.time()
         killed = kill_controller(playbook)

@@ -2,9 +2,10 @@
 ;
 ; At its own start it stores an RDTSC nonce (changes on every boot, so a
 ; rebooted guest is told apart from a resumed one), fills guest RAM from
-; 2 MiB to the top of low RAM with 0xA5, and then, once per PIT tick, adds
-; one to the first byte of every page in that range and counts the pass.
-; Between passes it halts, so a dozen guests share two TCG cores.
+; 2 MiB to the top of low RAM with 0xA5, and then, once per pass (every
+; PASS_EVERY PIT ticks), adds one to the first byte of every page in that
+; range and counts the pass. Between ticks it halts, so a dozen guests share
+; two TCG cores.
 ;
 ; Layout read from outside (guest physical addresses, little endian):
 ;   0x5000  u32  magic 'CPRG'
@@ -30,6 +31,9 @@ IDT_BASE    equ 0x1000
 IDT_ENTRIES equ 48
 %ifndef PIT_DIVISOR
 %define PIT_DIVISOR 11932        ; about 100 Hz; nasm -DPIT_DIVISOR=N for a slower tick
+%endif
+%ifndef PASS_EVERY
+%define PASS_EVERY 1             ; ticks per pass; nasm -DPASS_EVERY=N for fewer passes (the PIT's slowest is 18.2 Hz)
 %endif
 
 start:
@@ -143,7 +147,11 @@ protected:
 
     sti
 .pass:
+    mov ecx, PASS_EVERY
+.idle:
     hlt
+    dec ecx
+    jnz .idle
     mov edi, RANGE_START
 .page:
     inc byte [edi]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Dict
 
+from lab.faults import argv_of
 from lab.testvm import GuestState, TestVm, probe
 
 
@@ -29,7 +30,9 @@ def qemu_pids(base: Path) -> Dict[str, int]:
 
 
 def cmdline(pid: int) -> list:
-    return [w.decode() for w in Path("/proc/%d/cmdline" % pid).read_bytes().split(b"\0")[:-1]]
+    argv = argv_of(pid)
+    assert argv, "pid %d is gone" % pid
+    return argv
 
 
 def assert_resumed(vm: TestVm, before: GuestState) -> GuestState:
