@@ -148,7 +148,7 @@ def stop_module_in(lab: Lab, vm: str, phase: str) -> int:
     """SIGSTOP the module that holds the VM lock once vm's journal record is in ``phase``; its pid.
     In a save, once QEMU has begun the migration too (its state file exists): the record is written just before."""
     if phase == "saving":
-        wait_for("state file of %s" % vm, lambda: (lab.state / (vm + ".state")).exists())
+        wait_for("state file of %s" % vm, (lab.state / (vm + ".state")).exists)
     stopped = inside.stop_module(str(lab.state), vm=vm, phase=phase, timeout=WAIT)
     assert stopped["records"].get(vm) == phase, "the fault landed too late: %s" % stopped["records"]
     return stopped["pid"]
