@@ -29,9 +29,9 @@ DISK_SIZE = 1 << 20          # SeaBIOS does not boot a bare 512-byte disk
 # The labs' many guests tick at 20 Hz (the PIT cannot go below about 18 Hz): at 100 Hz, two nested guests take most
 # of a TCG host's two vCPUs, and the molecule lab's twelve took 1.6 of this machine's two CPUs.
 LAB_GUEST_HZ = 20
-# Nested, the pass itself is what costs: each touches every page of the guest's RAM, and under TCG inside a TCG host
-# each page is a softmmu TLB miss. The kexec lab's guests make one pass every 5th tick (4 a second); at one per tick,
-# each took about half of its host's vCPU, and the six of them kept this machine's two CPUs busy with nothing to do.
+# The kexec lab's nested guests make one pass every 5th tick (4 a second): each pass touches every page of the
+# guest's RAM, a softmmu TLB miss per page under TCG inside a TCG host. Most of a nested guest's cost is QEMU's own,
+# though (README, "The virtual hypervisor lab").
 LAB_HOST_GUEST_PASS_EVERY = 5
 
 
