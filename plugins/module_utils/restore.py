@@ -33,7 +33,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, RestoreError, ScopeError, carrying
 from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
-from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSession
+from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import DEFAULT_CONNECT_TIMEOUT, QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view, wake_guest
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import secrets_of
 
@@ -153,7 +153,10 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
         if adopted is None:
             started = launch(record, argv, journal.log_path(record["vm"]),
                              early_boot=restored_by == RESTORED_BY_BOOT_UNIT)
-        with QmpSession(record["qmp"]["path"], record["vm"]) as session:
+        # a QEMU this call just started greets once it is up, which on a host still booting (the boot unit) or
+        # busy can take far longer than the 10 s that tell a monitor held by another client: wait the restore's time
+        greeting = max(DEFAULT_CONNECT_TIMEOUT, timeout) if started is not None else DEFAULT_CONNECT_TIMEOUT
+        with QmpSession(record["qmp"]["path"], record["vm"], connect_timeout=greeting) as session:
             if started is not None:
                 migration.set_cpr_mode(session, record["x_ignore_shared"])
                 info = migration.load_from(session, record["state_file"], timeout)
