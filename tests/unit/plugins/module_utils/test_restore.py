@@ -149,6 +149,22 @@ def test_a_restore_journals_restoring_before_launch_and_deletes_the_state_file_o
     assert not os.path.exists(record["state_file"])
 
 
+def test_a_qemu_the_restore_started_gets_the_restores_timeout_to_greet(journal, monkeypatch):
+    """On a host still booting, a new QEMU may greet far later than the 10 s that tell a held monitor (the boot
+    unit gave up on both of a lab host's VMs that way)."""
+    FakeQemu(journal).install(monkeypatch)
+    greeting_waits = []
+    fake_session = restore.QmpSession
+
+    def session(path, vm=None, **kwargs):
+        greeting_waits.append(kwargs.get("connect_timeout"))
+        return fake_session(path, vm)
+
+    monkeypatch.setattr(restore, "QmpSession", session)
+    restore.restore_one(saved(journal, "web1"), journal, keep_state=False, timeout=120)
+    assert greeting_waits == [120]
+
+
 def test_a_vm_paused_at_save_stays_paused_and_keep_state_keeps_the_file(journal, monkeypatch):
     fake = FakeQemu(journal).install(monkeypatch)
     record = saved(journal, "web1", run_state_at_save="paused")
