@@ -73,13 +73,14 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def _pids() -> List[int]:
+def all_pids() -> List[int]:
+    """Every process's pid, now."""
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
 def controller_pids(playbook_pid: int) -> List[int]:
     """ansible-playbook and its workers (its forks, with its command line), not the modules they started."""
-    workers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+    workers = [pid for pid in all_pids()
                if _parent_of(pid) == playbook_pid and any("ansible-playbook" in word for word in argv_of(pid))]
     return [playbook_pid] + workers
 
@@ -152,8 +153,8 @@ def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[s
     playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def flushing() -> List[int]:
-            return [pid for pid in _pids() if _descends_from(pid, playbook.pid) and "Port=%d" % host.port in
-                    argv_of(pid) and any(FLUSH_BEFORE_THE_JUMP in word for word in argv_of(pid))]
+            return [pid for pid, argv in ((pid, argv_of(pid)) for pid in all_pids() if _descends_from(pid, playbook.pid))
+                    if "Port=%d" % host.port in argv and any(FLUSH_BEFORE_THE_JUMP in word for word in argv)]
         ssh = wait_for("flush before the jump of %s" % host_name, flushing)
         killed_at = time.time()
         killed = kill_controller(playbook)

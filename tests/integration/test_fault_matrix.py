@@ -131,11 +131,7 @@ def one_host() -> Iterator[Lab]:
 
 
 def pids_mentioning(text: str) -> List[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        if text in " ".join(faults.argv_of(int(entry))):  # [] for one gone meanwhile
-            found.append(int(entry))
-    return found
+    return [pid for pid in faults.all_pids() if text in " ".join(faults.argv_of(pid))]  # [] for one gone meanwhile
 
 
 def kill_controller(playbook: subprocess.Popen) -> List[int]:
