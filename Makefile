@@ -92,9 +92,12 @@ pytest-oldest: system-packages venv-oldest
 	PATH=$(CURDIR)/$(OLDEST_BIN):$$PATH $(OLDEST_BIN)/pytest tests/unit \
 	  tests/integration/test_fleet.py::test_failed_restore_stops_the_rollout_keeps_the_state_and_a_rerun_resumes
 
-# --durations: where the stage's time goes, in every log (CI's included)
+# Two workers, each taking whole test files (the files' fixtures are per module); the files marked `alone` then run
+# by themselves. --durations: where the stage's time goes, in every log (CI's included).
+PYTEST_WORKERS ?= 2
 pytest: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest --durations=25
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not alone" --durations=25
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -m alone --durations=10
 
 molecule: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default

@@ -29,28 +29,41 @@ DISK_SIZE = 1 << 20          # SeaBIOS does not boot a bare 512-byte disk
 # The labs' many guests tick at 20 Hz (the PIT cannot go below about 18 Hz): at 100 Hz, two nested guests take most
 # of a TCG host's two vCPUs, and the molecule lab's twelve took 1.6 of this machine's two CPUs.
 LAB_GUEST_HZ = 20
-# The kexec lab's nested guests make one pass every 5th tick (4 a second): each pass touches every page of the
-# guest's RAM, a softmmu TLB miss per page under TCG inside a TCG host. Most of a nested guest's cost is QEMU's own,
-# though (README, "The virtual hypervisor lab").
-LAB_HOST_GUEST_PASS_EVERY = 5
+# The kexec lab's nested guests tick at 2 Hz from the CMOS clock, with the PIT stopped: nested under TCG inside a
+# TCG host, an idle QEMU pays for every timer wakeup (about 7 ms of a real CPU each), and a 20 Hz PIT guest cost
+# its host's QEMU a quarter of a real CPU (README, "The virtual hypervisor lab").
+LAB_HOST_GUEST_RTC_HZ = 2
+RTC_BASE_HZ = 32768          # the CMOS clock's time base: periodic rate N gives RTC_BASE_HZ >> (N - 1)
 
 
-def guest_disk(cache_dir: Path, hz: int = 100, pass_every: int = 1) -> Path:
-    """Assemble the guest (nasm) into a 1 MiB raw disk, cached by source hash, tick rate and ticks per pass.
+def guest_disk(cache_dir: Path, hz: int = 100, pass_every: int = 1, clock: str = "pit") -> Path:
+    """Assemble the guest (nasm) into a 1 MiB raw disk, cached by source hash, tick source and rate, ticks per pass.
 
-    A slower tick costs less CPU: nested under TCG inside a TCG host, a 100 Hz guest takes most of a vCPU."""
+    A slower tick costs less CPU: nested under TCG inside a TCG host, a 100 Hz guest takes most of a vCPU.
+    clock "pit" ticks from the PIT (18.2 Hz at the slowest); "rtc" from the CMOS clock, at a power of two from 2 to
+    8192 Hz, with the PIT stopped."""
     source = GUEST_ASM.read_bytes()
-    divisor = round(PIT_HZ / hz)
-    rate = "%dhz" % hz + ("-every%d" % pass_every if pass_every != 1 else "")
+    if clock == "rtc":
+        rtc_rate = RTC_BASE_HZ.bit_length() - hz.bit_length() + 1
+        if hz & (hz - 1) or not 3 <= rtc_rate <= 15:
+            raise ValueError("the CMOS clock ticks at a power of two from 2 to 8192 Hz, not %d Hz" % hz)
+        defines = ["-DRTC_RATE=%d" % rtc_rate]
+    elif clock == "pit":
+        defines = ["-DPIT_DIVISOR=%d" % round(PIT_HZ / hz)]
+    else:
+        raise ValueError("clock is pit or rtc, not %r" % clock)
+    rate = ("%dhz" % hz if clock == "pit" else "rtc%dhz" % hz) + ("-every%d" % pass_every if pass_every != 1 else "")
     disk = cache_dir / ("cpr-test-guest-%s-%s.img" % (hashlib.sha256(source).hexdigest()[:12], rate))
     if not disk.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        boot = cache_dir / ("cpr-test-guest-%s.bin" % rate)
-        subprocess.run(["nasm", "-f", "bin", "-DPIT_DIVISOR=%d" % divisor, "-DPASS_EVERY=%d" % pass_every,
+        # names of this process's own until the rename: test workers may build the same disk at once
+        boot = cache_dir / ("cpr-test-guest-%s.bin.%d" % (rate, os.getpid()))
+        subprocess.run(["nasm", "-f", "bin", *defines, "-DPASS_EVERY=%d" % pass_every,
                         str(GUEST_ASM), "-o", str(boot)], check=True)
         data = boot.read_bytes()
         assert len(data) == 512 and data[-2:] == b"\x55\xaa", "guest must be one boot sector"
-        temp = disk.with_suffix(".tmp")
+        boot.unlink()
+        temp = disk.with_suffix(".tmp.%d" % os.getpid())
         temp.write_bytes(data + bytes(DISK_SIZE - len(data)))
         temp.rename(disk)
     return disk

@@ -5,7 +5,10 @@
 ; 2 MiB to the top of low RAM with 0xA5, and then, once per pass (every
 ; PASS_EVERY PIT ticks), adds one to the first byte of every page in that
 ; range and counts the pass. Between ticks it halts, so a dozen guests share
-; two TCG cores.
+; two TCG cores. Built with -DRTC_RATE=N it ticks from the CMOS clock's periodic
+; interrupt instead (32768 >> (N - 1) Hz: 15 is 2 Hz) and stops the PIT, whose
+; slowest rate is 18.2 Hz: nested under TCG, each timer wakeup of an idle QEMU
+; costs a real CPU about 7 ms, so fewer wakeups are what make a nested guest cheap.
 ;
 ; Layout read from outside (guest physical addresses, little endian):
 ;   0x5000  u32  magic 'CPRG'
@@ -89,6 +92,19 @@ protected:
     mov al, 1
     out 0x21, al
     out 0xa1, al
+%ifdef RTC_RATE
+    mov al, 0xfb                ; the cascade only: IRQ8, the CMOS clock, on the slave
+    out 0x21, al
+    mov al, 0xfe
+    out 0xa1, al
+
+    ; PIT channel 0 one-shot (mode 0): it fires once, masked, and QEMU stops its timer
+    mov al, 0x30
+    out 0x43, al
+    xor al, al
+    out 0x40, al
+    out 0x40, al
+%else
     mov al, 0xfe
     out 0x21, al
     mov al, 0xff
@@ -101,6 +117,7 @@ protected:
     out 0x40, al
     mov al, ah
     out 0x40, al
+%endif
 
     ; top of low RAM = 16 MiB + CMOS[0x34..0x35] * 64 KiB
     mov al, 0x35
@@ -125,12 +142,25 @@ protected:
     mov al, 0x0b
     out 0x70, al
     in al, 0x71
+%ifdef RTC_RATE
+    or al, 0x46                 ; and periodic interrupts
+%else
     or al, 6
+%endif
     mov ah, al
     mov al, 0x0b
     out 0x70, al
     mov al, ah
     out 0x71, al
+%ifdef RTC_RATE
+    mov al, 0x0a                ; register A: the 32.768 kHz time base and the periodic rate
+    out 0x70, al
+    mov al, 0x20 | RTC_RATE
+    out 0x71, al
+    mov al, 0x0c                ; reading register C clears a pending interrupt
+    out 0x70, al
+    in al, 0x71
+%endif
     call clock_now
     mov [INFO + 0x18], eax
     mov dword [INFO + 0x1c], 0
@@ -159,7 +189,13 @@ protected:
     cmp edi, ebx
     jb .page
     inc dword [INFO + 0x04]
+%ifdef RTC_RATE
+    cli                         ; the tick handler moves the CMOS index too
     call clock_now
+    sti
+%else
+    call clock_now
+%endif
     mov edx, eax
     sub edx, [INFO + 0x18]
     jns .forward
@@ -203,7 +239,15 @@ clock_read:                     ; eax = hours * 3600 + minutes * 60 + seconds; c
 
 tick:
     push eax
+%ifdef RTC_RATE
+    mov al, 0x0c                ; the CMOS clock raises its next interrupt once register C is read
+    out 0x70, al
+    in al, 0x71
     mov al, 0x20
+    out 0xa0, al
+%else
+    mov al, 0x20
+%endif
     out 0x20, al
     pop eax
     iret

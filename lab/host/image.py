@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from lab.testvm import LAB_GUEST_HZ, LAB_HOST_GUEST_PASS_EVERY, guest_disk
+from lab.testvm import LAB_HOST_GUEST_RTC_HZ, guest_disk
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "cache"
@@ -110,7 +110,7 @@ def mmdebstrap(suite: str, rootfs: Path, mirrors: List[str], include: List[str],
 
 def ensure_image(cache: Path = CACHE) -> HostImage:
     key_file = ssh_key(cache)
-    guest = guest_disk(cache, hz=LAB_GUEST_HZ, pass_every=LAB_HOST_GUEST_PASS_EVERY)
+    guest = guest_disk(cache, hz=LAB_HOST_GUEST_RTC_HZ, clock="rtc")
     home = cache / ("lab-host-image-" + image_key(key_file.with_suffix(".pub").read_bytes(), guest.read_bytes()))
     manifest = home / "image.json"
     if manifest.exists():

@@ -24,7 +24,8 @@ def test_vm_socket_that_was_deleted(lab):
     vm.wait_booted()
     vm.qmp_path.unlink()
     lab.qmp_dir.joinpath("keep").touch()  # qmp_dir must still exist
-    failed = run_module("vm_save", {"vms": ["lost"], "state_dir": str(lab.state_dir), "reboot_method": "none"})
+    failed = run_module("vm_save", {"vms": ["lost"], "qmp_dir": str(lab.qmp_dir), "state_dir": str(lab.state_dir),
+                                    "reboot_method": "none"})
     assert failed.rc != 0
     message = failed.result["msg"]
     assert "host %s, VM lost" % HOST in message and str(vm.qmp_path) in message and "does not exist" in message

@@ -25,6 +25,9 @@ from lab import local_fleet
 from lab.linux_guest import LinuxVm, ensure_image
 from lab.testvm import kill_all, qemu_available
 
+# its clocks are checked to half a second over SSH: `make pytest` runs this file after the others, not beside them
+pytestmark = pytest.mark.alone
+
 # "measured the same way before and after, changed by at most 0.5 s across the resume" (the bound)
 SYNCED_DRIFT = 0.5
 
