@@ -21,6 +21,7 @@ rollout's output and exit status once it ended. Every wait is bounded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 BANNER = b"Linux version "
 WAIT = 600.0
@@ -103,6 +104,18 @@ def banners(console: Path) -> int:
         return 0
 
 
+@contextlib.contextmanager
+def rollout_started(rollout: Sequence[str]) -> Iterator[subprocess.Popen[str]]:
+    """The rollout under test, its output captured; whatever way the case ends, no controller of it is left."""
+    playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield playbook
+    finally:
+        if playbook.poll() is None:
+            kill_controller(playbook)
+            playbook.communicate(timeout=60)
+
+
 def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str]) -> Dict[str, Any]:
     from lab.host.fleet import Lab  # the lab's own SSH and power switch
 
@@ -110,8 +123,7 @@ def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str])
     host = lab.host(host_name)
     console = Path(host.home) / "console.log"
     booted = banners(console)
-    playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with rollout_started(rollout) as playbook:
         lock: Dict[str, Any] = {}
 
         def jumped() -> bool:
@@ -131,16 +143,8 @@ def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str])
             killed = [int(Path(host.pidfile).read_text())]
             lab.power_off(host)
         output = playbook.communicate(timeout=WAIT)[0]
-    finally:
-        if playbook.poll() is None:
-            kill_controller(playbook)
-            playbook.communicate(timeout=60)
     return {"host": host_name, "killed": kill, "pids": killed, "killed_at": killed_at,
             "lock_before_the_jump": lock, "rc": playbook.returncode, "output": output}
-
-
-def _boot_id(lab: Any, host: Any) -> str:
-    return str(lab.run(host, "cat", "/proc/sys/kernel/random/boot_id")).strip()
 
 
 def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, Any]:
@@ -149,9 +153,8 @@ def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[s
     lab = Lab(lab_dir)
     host = lab.host(host_name)
     console = Path(host.home) / "console.log"
-    booted, boot_before = banners(console), _boot_id(lab, host)
-    playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    booted, boot_before = banners(console), lab.boot_id(host)
+    with rollout_started(rollout) as playbook:
         def flushing() -> List[int]:
             return [pid for pid, argv in ((pid, argv_of(pid)) for pid in all_pids() if _descends_from(pid, playbook.pid))
                     if "Port=%d" % host.port in argv and any(FLUSH_BEFORE_THE_JUMP in word for word in argv)]
@@ -164,13 +167,9 @@ def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[s
             except ProcessLookupError:
                 pass
         output = playbook.communicate(timeout=WAIT)[0]
-    finally:
-        if playbook.poll() is None:
-            kill_controller(playbook)
-            playbook.communicate(timeout=60)
     time.sleep(5)  # a jump already under way would show its banner by now
     return {"host": host_name, "killed": "controller", "pids": killed, "ssh_pids": ssh, "killed_at": killed_at,
-            "boot_id_before": boot_before, "boot_id_after": _boot_id(lab, host),
+            "boot_id_before": boot_before, "boot_id_after": lab.boot_id(host),
             "banners_since": banners(console) - booted, "rc": playbook.returncode, "output": output}
 
 
@@ -179,29 +178,24 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
 
     lab = Lab(lab_dir)
     host = lab.host(host_name)
-    boot_before = _boot_id(lab, host)
-    playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    cut = False
-    try:
+    boot_before = lab.boot_id(host)
+    with rollout_started(rollout) as playbook:
         # blocks on the host until a module holds the VM lock, then stops it there: the fault lands inside the task
         stopped = json.loads(lab.run(host, "python3", INSIDE_DIR + "/inside.py", "stop-module", "--timeout",
                                      str(int(WAIT) - 30), timeout=WAIT))
         lab.set_link(host, up=False)
-        cut, cut_at = True, time.time()
-        output = playbook.communicate(timeout=WAIT)[0]
-        ended_at = time.time()
-    finally:
-        if playbook.poll() is None:
-            kill_controller(playbook)
-            playbook.communicate(timeout=60)
-        if cut:
+        cut_at = time.time()
+        try:
+            output = playbook.communicate(timeout=WAIT)[0]
+            ended_at = time.time()
+        finally:
             lab.set_link(host, up=True)
     lab.wait_ssh(host, timeout=120)
     lab.run(host, "kill", "-CONT", str(stopped["pid"]))
     wait_for("end of the module %d on %s" % (stopped["pid"], host_name), lambda: lab.run(
         host, "sh", "-c", "kill -0 %d 2>/dev/null || echo gone" % stopped["pid"]).strip() == "gone", interval=1)
     return {"host": host_name, "stopped": stopped, "cut_at": cut_at, "rollout_ended_at": ended_at,
-            "boot_id_before": boot_before, "boot_id_after": _boot_id(lab, host), "rc": playbook.returncode,
+            "boot_id_before": boot_before, "boot_id_after": lab.boot_id(host), "rc": playbook.returncode,
             "output": output}
 
 

@@ -125,6 +125,9 @@ class Lab:
         # ssh hands the remote side one string; quote every word so nothing is re-parsed
         return ["ssh", "-i", self.key, "-p", str(host.port)] + SSH_OPTIONS + ["root@127.0.0.1", shlex.join(command)]
 
+    def boot_id(self, host: LabHost) -> str:
+        return self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip()
+
     def run(self, host: LabHost, *command: str, timeout: float = STEP_TIMEOUT, check: bool = True) -> str:
         try:
             result = subprocess.run(self.ssh_argv(host, command), capture_output=True, text=True, timeout=timeout,
@@ -191,7 +194,7 @@ class Lab:
             self.copy_in(host, INSIDE_FILES, INSIDE_DIR)
             self.inside(host, "pmem")
             host.kernel = self.run(host, "uname", "-r").strip()
-            host.boot_id = self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip()
+            host.boot_id = self.boot_id(host)
             host.vms = self.inside(host, "start", "--host", host.name, "--vms", str(vms),
                                    *[arg for name in shm for arg in ("--shm", name)])
         self.state["hosts"] = [asdict(host) for host in hosts]
@@ -228,7 +231,7 @@ class Lab:
         for host in self.hosts():
             found[host.name] = {
                 "kernel": self.run(host, "uname", "-r").strip(),
-                "boot_id": self.run(host, "cat", "/proc/sys/kernel/random/boot_id").strip(),
+                "boot_id": self.boot_id(host),
                 "guests": self.inside(host, "probe"),
             }
         return found
