@@ -101,6 +101,10 @@ def _start_detached(record: Dict[str, Any], argv: List[str], log: str) -> subpro
         os.close(fd)
 
 
+# the least a launch waits for a live QEMU to serve its QMP socket
+DEFAULT_LAUNCH_TIMEOUT = 60.0
+
+
 def ensure_socket_dir(record: Dict[str, Any]) -> None:
     """Recreate the QMP socket's directory as it was at the save (a /run directory does not survive a reboot)."""
     directory = os.path.dirname(record["qmp"]["path"])
@@ -128,7 +132,7 @@ def _unit_log(unit: str) -> str:
     return " / ".join(line for line in result.stdout.splitlines() if line.strip())
 
 
-def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = 60.0, early_boot: bool = False
+def launch(record: Dict[str, Any], argv: List[str], log: str, timeout: float = DEFAULT_LAUNCH_TIMEOUT, early_boot: bool = False
            ) -> Launched:
     """Start ``argv`` and wait until its QMP socket is served by a live QEMU (``early_boot``: by the boot unit)."""
     socket_path = record["qmp"]["path"]

@@ -32,7 +32,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import (
     wait_gone,
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import CprError, RestoreError, ScopeError, carrying
-from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import Launched, launch
+from ansible_collections.liveupdate.cpr.plugins.module_utils.launcher import DEFAULT_LAUNCH_TIMEOUT, Launched, launch
 from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import DEFAULT_CONNECT_TIMEOUT, QmpSession
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import public_view, wake_guest
 from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import secrets_of
@@ -150,8 +150,11 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
     argv = qemu_argv.with_incoming_defer(record["launch_argv"])
     started: Optional[Launched] = None
     try:
+        # a QEMU that is alive but slow to serve its socket (a host still booting, or busy) is no failure: wait the
+        # restore's time; the launcher still fails at once when QEMU exits
+        launch_timeout = max(DEFAULT_LAUNCH_TIMEOUT, timeout)
         if adopted is None:
-            started = launch(record, argv, journal.log_path(record["vm"]),
+            started = launch(record, argv, journal.log_path(record["vm"]), timeout=launch_timeout,
                              early_boot=restored_by == RESTORED_BY_BOOT_UNIT)
         # a QEMU this call just started greets once it is up, which on a host still booting (the boot unit) or
         # busy can take far longer than the 10 s that tell a monitor held by another client: wait the restore's time

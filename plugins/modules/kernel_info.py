@@ -31,6 +31,15 @@ options:
       - An empty string value adds a bare flag; a null value removes the parameter. C(BOOT_IMAGE) is always removed.
     type: dict
     default: {}
+  offered:
+    description:
+      - Whether to ask the package manager which kernels it offers. Each query costs seconds on a host with large
+        package lists.
+      - Set it false where only the installed kernels matter, for example to read O(version) back after its install.
+        RV(available) is then empty, and without O(version) the target is the newest installed kernel.
+    type: bool
+    default: true
+    version_added: 0.1.0
 """
 
 EXAMPLES = r"""
@@ -77,7 +86,7 @@ installed:
   elements: str
   returned: always
 available:
-  description: Releases the package manager offers for the running flavour.
+  description: Releases the package manager offers for the running flavour; empty with O(offered=false).
   type: list
   elements: str
   returned: always
@@ -132,7 +141,8 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.kernel import Kerne
 
 def main() -> None:
     module = AnsibleModule(argument_spec={"version": {"type": "str", "default": ""},
-                                          "cmdline_overrides": {"type": "dict", "default": {}}},
+                                          "cmdline_overrides": {"type": "dict", "default": {}},
+                                          "offered": {"type": "bool", "default": True}},
                            supports_check_mode=True)
     boundary.run(module, kernel_facts, KernelOptions, needs_qmp=False)
 

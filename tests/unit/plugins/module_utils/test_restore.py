@@ -49,6 +49,7 @@ class FakeQemu:
         self.alive = alive
         self.sent = []
         self.launched_argv = None
+        self.launch_timeout = None
         self.phase_at_launch = None
         self.state_file_at_load = None
 
@@ -62,8 +63,9 @@ class FakeQemu:
         session = session_class(fake, wait_for=wait_for,
                                 last_event_time=lambda _session, name: RESUMED_AT if name == "RESUME" else None)
 
-        def launch(record, argv, log, early_boot=False):
+        def launch(record, argv, log, timeout=60.0, early_boot=False):
             fake.launched_argv = list(argv)
+            fake.launch_timeout = timeout
             fake.phase_at_launch = fake.journal.read(record["vm"])["phase"]
             return Launched(pid=777, unit=None, log=log, method="fork")
 
@@ -117,6 +119,15 @@ def test_missing_guest_ram_is_refused_only_when_the_ram_is_not_in_the_state_file
         restore.verify_state_file(saved(journal, "pmem", x_ignore_shared=True, ram_backends=backends))
 
     restore.verify_state_file(saved(journal, "inram", x_ignore_shared=False, ram_backends=backends))
+
+
+def test_a_launch_waits_the_restores_time_for_a_slow_qemu_not_a_fixed_minute(journal, monkeypatch):
+    # seen in the lab: two QEMUs starting on a loaded TCG host at boot served their sockets after more than 60 s
+    fake = FakeQemu(journal).install(monkeypatch)
+    restore.restore_one(saved(journal, "web1"), journal, keep_state=False, timeout=600)
+    assert fake.launch_timeout == 600
+    restore.restore_one(saved(journal, "web2"), journal, keep_state=False, timeout=5)
+    assert fake.launch_timeout == 60
 
 
 def test_is_same_vm_needs_both_name_and_socket():
