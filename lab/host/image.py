@@ -30,6 +30,7 @@ from lab.testvm import LAB_HOST_GUEST_RTC_HZ, guest_disk
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "cache"
 CUSTOMIZE = Path(__file__).with_name("customize.sh")
+ZIP_BYTECODE_CACHE = Path(__file__).with_name("zip_bytecode_cache.py")
 SUITE = "trixie"
 BACKPORTS_SUITE = "trixie-backports"
 MIRRORS = [
@@ -88,7 +89,7 @@ def inputs_key(inputs: object, *parts: bytes) -> str:
 
 def image_key(pubkey: bytes, guest: bytes) -> str:
     return inputs_key([MIRRORS, PACKAGES, BACKPORTS_SUITE, NEWER_KERNEL_META, QEMU_PACKAGES, DPKG_EXCLUDES, IMAGE_SIZE],
-                      Path(__file__).read_bytes(), CUSTOMIZE.read_bytes(), pubkey, guest)
+                      Path(__file__).read_bytes(), CUSTOMIZE.read_bytes(), ZIP_BYTECODE_CACHE.read_bytes(), pubkey, guest)
 
 
 def fresh_work_dir(home: Path) -> Path:
@@ -121,7 +122,7 @@ def ensure_image(cache: Path = CACHE) -> HostImage:
     rootfs = work / "rootfs"
     env = dict(os.environ, LAB_PUBKEY=str(key_file.with_suffix(".pub")), LAB_GUEST_DISK=str(guest),
                LAB_NEWER_KERNEL_META=NEWER_KERNEL_META, LAB_BACKPORTS=BACKPORTS_SUITE,
-               LAB_QEMU_PACKAGES=" ".join(QEMU_PACKAGES), LAB_SUITE=SUITE)
+               LAB_QEMU_PACKAGES=" ".join(QEMU_PACKAGES), LAB_SUITE=SUITE, LAB_ZIP_BYTECODE_CACHE=str(ZIP_BYTECODE_CACHE))
     print("lab image: building the host root filesystem with mmdebstrap (a few minutes, once)", file=sys.stderr)
     # keep the apt lists: they are those of the local repository only, as on a host with a current cache
     mmdebstrap(SUITE, rootfs, MIRRORS, PACKAGES,

@@ -219,6 +219,9 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
                             ", ".join(qemu.packages), " from %s" % qemu.target_release if qemu.target_release else "",
                             qemu.problem))
     if problems:
+        if decision.action in SAVING:
+            # the VMs' own reasons too: one run names everything to fix, not one reason per rerun
+            problems += sv.vm_problems(assessed)
         raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems), action=decision.action)
     if decision.action in SAVING:
         # vm_save's own checks, in check mode: the save itself will find nothing new to refuse

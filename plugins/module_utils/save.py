@@ -99,9 +99,7 @@ def assess_all(vms: Sequence[Any], opts: SaveOptions, check_outdated: bool = Fal
 
 def preflight(ready: Sequence[readiness.Readiness], journal: jr.Journal, check_mode: bool) -> None:
     """Refuse the whole host, before any VM is paused, if any VM may not be saved."""
-    problems = ["%s: %s" % (r.vm.name, "; ".join(r.reasons)) for r in ready if not r.ready]
-    overlaps = ram_verdict.overlapping_ranges({r.vm.name: r.vm.ram for r in ready})
-    problems.extend("RAM ranges overlap: %s" % overlap for overlap in overlaps)
+    problems = vm_problems(ready)
     if problems:
         raise NotReadyError("nothing was paused, because: %s." % " | ".join(problems),
                             vm=next((r.vm.name for r in ready if not r.ready), None),
@@ -113,6 +111,14 @@ def preflight(ready: Sequence[readiness.Readiness], journal: jr.Journal, check_m
         if free < needed:
             raise NotReadyError("state dir %s has %d MiB free, the saves need about %d MiB." % (
                 journal.state_dir, free >> 20, needed >> 20), fix="free space there or choose another state_dir.")
+
+
+def vm_problems(ready: Sequence[readiness.Readiness]) -> List[str]:
+    """Why VMs may not be saved, one line per VM (empty when all may)."""
+    problems = ["%s: %s" % (r.vm.name, "; ".join(r.reasons)) for r in ready if not r.ready]
+    overlaps = ram_verdict.overlapping_ranges({r.vm.name: r.vm.ram for r in ready})
+    problems.extend("RAM ranges overlap: %s" % overlap for overlap in overlaps)
+    return problems
 
 
 def estimated_state_size(ready: readiness.Readiness) -> int:

@@ -97,6 +97,7 @@ def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **o
     monkeypatch.setattr(host_plan, "select", lambda qmp_dir, vms, recs: Scope([qemu(name) for name in running]))
     judged = []
     suspends = options.pop("suspends", {})
+    not_ready = options.pop("not_ready", {})
     upgrade = options.pop("qemu", None)
     monkeypatch.setattr(host_plan.kn, "family", lambda: "debian")
     monkeypatch.setattr(host_plan.qp, "plan_apt", lambda release, only: upgrade or qp.QemuUpgrade(release))
@@ -104,7 +105,8 @@ def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **o
     def assess_all(vms, opts, check_outdated=False, records=None):
         judged.append(opts.reboot_method)
         suspends.update({vm.name: opts.suspend_policy_for(vm.name) for vm in vms})
-        return [Readiness(vm, ready=True, verdict=None, status="running") for vm in vms]
+        return [Readiness(vm, ready=vm.name not in not_ready, reasons=list(not_ready.get(vm.name, ())), verdict=None,
+                          status="running") for vm in vms]
     monkeypatch.setattr(host_plan.sv, "assess_all", assess_all)
     monkeypatch.setattr(host_plan.sv, "preflight", lambda ready, journal, check_mode: None)
     monkeypatch.setattr(host_plan.boot_restore, "status", unit_status or (
@@ -179,6 +181,13 @@ def test_kexec_unusable_without_a_fallback_is_refused_before_anything_is_paused(
     plan, judged = planned(tmp_path, monkeypatch, running=["web1"], kernel={"usable": False},
                            kexec_fallback_to_reboot=True)
     assert plan["reboot_method"] == "reboot" and judged == ["reboot"], "RAM judged against the firmware reboot"
+
+
+def test_a_refused_host_names_its_vms_reasons_too_so_one_run_shows_everything_to_fix(tmp_path, monkeypatch):
+    tmpfs = ["its RAM is on tmpfs (/dev/shm/web2), which a reboot loses"]
+    with pytest.raises(NotReadyError, match=r"kexec cannot be used .* \| web2: its RAM is on tmpfs") as refused:
+        planned(tmp_path, monkeypatch, running=["web1", "web2"], kernel={"usable": False}, not_ready={"web2": tmpfs})
+    assert "web1" not in str(refused.value)
 
 
 def test_a_relaunch_judges_the_vms_without_a_reboot(tmp_path, monkeypatch):
