@@ -58,7 +58,7 @@ def cached_compile_source(pathname: str, source: bytes) -> types.CodeType:
 
 
 def install() -> bool:
-    """Route zipimport's compiles through the cache; False where this Python's zipimport has no such seam."""
+    """Route zipimport's compiles through the cache; False where zipimport has no such seam, or not for root."""
     if _compile_source is None or os.geteuid() != 0:
         return False
     zipimport._compile_source = cached_compile_source  # type: ignore[attr-defined]
