@@ -181,6 +181,7 @@ class UnitOptions:
     unit_dir: str = DEFAULT_UNIT_DIR
     restore_at_boot: bool = True
     mint_token: bool = False
+    state: str = "present"
     check_mode: bool = False
 
 
@@ -299,12 +300,20 @@ def _write_if_changed(path: str, content: bytes, mode: int, check_mode: bool) ->
     return True
 
 
-def ensure(opts: UnitOptions) -> Dict[str, Any]:
-    """Install the engine, the entry point and (where systemd runs) the enabled unit; mint the next kexec's token."""
+def _check_paths(opts: UnitOptions) -> None:
     for name, path in (("venv", opts.venv), ("state_dir", opts.state_dir), ("unit_dir", opts.unit_dir)):
         if not PLAIN_PATH.match(path):
             raise JournalError("%s %r is not a plain absolute path; it goes into a unit file and a script." % (name, path),
                                fix="use a path of letters, digits and _ . + - /.")
+
+
+def ensure(opts: UnitOptions) -> Dict[str, Any]:
+    """Install the engine, the entry point and (where systemd runs) the enabled unit; mint the next kexec's token.
+
+    With state=absent, remove all of it instead (remove())."""
+    if opts.state == "absent":
+        return remove(opts)
+    _check_paths(opts)
     if not os.path.exists(os.path.join(opts.venv, "bin", "python")):
         raise JournalError("the venv %s has no bin/python." % opts.venv,
                            fix="run playbooks/prepare_hosts.yml (the host_prepare role) first.")
@@ -338,3 +347,39 @@ def ensure(opts: UnitOptions) -> Dict[str, Any]:
         result["token"] = boot_token.mint(opts.state_dir, restore_at_boot=result["unit"]["active"])
         result["changed"] = True
     return result
+
+
+def remove(opts: UnitOptions) -> Dict[str, Any]:
+    """Disable and delete the unit, delete the entry point and its engine, and void the restore token.
+
+    The journal and any state files stay: VMs saved before this are restored by the rollout (vm_restore), never
+    lost. A kexec already loaded with the token finds no unit to act on it."""
+    if opts.mint_token:
+        raise JournalError("mint_token and state=absent contradict each other: a token is for a unit that restores.",
+                           fix="drop mint_token, or use state=present.")
+    _check_paths(opts)
+    removed: List[str] = []
+    unit = os.path.join(opts.unit_dir, UNIT_NAME)
+    if systemd_is_init() and (os.path.exists(unit) or unit_enabled()):
+        if not opts.check_mode:
+            disabled = _systemctl("disable", UNIT_NAME)
+            if disabled.returncode != 0 and os.path.exists(unit):
+                raise JournalError("systemctl disable %s failed: %s" % (UNIT_NAME, disabled.stderr.strip()),
+                                   fix="read systemd's log, then disable and delete %s by hand." % unit)
+        removed.append("disabled " + UNIT_NAME)
+    for path in (unit, os.path.join(opts.venv, "bin", ENTRY_POINT), boot_token.token_path(opts.state_dir)):
+        if os.path.lexists(path):
+            if not opts.check_mode:
+                os.unlink(path)
+            removed.append(path)
+    if os.path.isdir(engine_dir(opts.venv)):
+        if not opts.check_mode:
+            import shutil  # only here: the boot unit imports this file too
+
+            shutil.rmtree(engine_dir(opts.venv))
+        removed.append(engine_dir(opts.venv))
+    if unit in removed and systemd_is_init() and not opts.check_mode:
+        _systemctl("daemon-reload")
+    return {"changed": bool(removed), "installed": [], "removed": removed,
+            "unit": {"active": False, "reason": "removed (state=absent)", "installed_version": None,
+                     "collection_version": COLLECTION_VERSION}}

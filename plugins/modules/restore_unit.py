@@ -41,18 +41,27 @@ options:
     type: bool
     default: true
   mint_token:
-    description: Mint the next kexec's restore token.
+    description: Mint the next kexec's restore token. Not with O(state=absent).
     type: bool
     default: false
+  state:
+    description:
+      - V(present) installs (and updates) the engine, the entry point and the unit.
+      - V(absent) disables and deletes the unit, deletes the entry point and its engine from O(venv), and voids the
+        restore token. The journal and any state files stay, so VMs saved before are restored by the rollout
+        (M(liveupdate.cpr.vm_restore)), never lost.
+    type: str
+    choices: [present, absent]
+    default: present
 attributes:
   check_mode:
-    description: Reports what would be installed; mints nothing.
+    description: Reports what would be installed or removed; mints nothing.
     support: full
   diff_mode:
     description: No diff is produced.
     support: none
   idempotent:
-    description: Without O(mint_token), a second run changes nothing. Minting always changes the token.
+    description: Without O(mint_token), a second run changes nothing, for either O(state). Minting always changes the token.
     support: partial
 seealso:
   - module: liveupdate.cpr.vm_restore
@@ -73,12 +82,22 @@ EXAMPLES = r"""
   ansible.builtin.command:
     argv: [kexec, -l, /boot/vmlinuz, "--command-line=root=/dev/vda liveupdate_cpr.restore={{ unit.token }}"]
   changed_when: true
+
+- name: Take restore at boot off a host for good (the rollout then restores every VM itself)
+  liveupdate.cpr.restore_unit:
+    venv: /opt/liveupdate-cpr/venv
+    state: absent
 """
 
 RETURN = r"""
 installed:
-  description: The files written (and C(enabled UNIT) when the unit was enabled).
+  description: The files written (and C(enabled UNIT) when the unit was enabled); empty with O(state=absent).
   returned: always
+  type: list
+  elements: str
+removed:
+  description: The files and directories deleted (and C(disabled UNIT) when the unit was disabled).
+  returned: when O(state=absent)
   type: list
   elements: str
 unit:
@@ -111,6 +130,7 @@ def main() -> None:
             "unit_dir": {"type": "path", "default": DEFAULT_UNIT_DIR},
             "restore_at_boot": {"type": "bool", "default": True},
             "mint_token": {"type": "bool", "default": False},
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
         },
         supports_check_mode=True)
     boundary.run(module, ensure, UnitOptions, needs_qmp=False)

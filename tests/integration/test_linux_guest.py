@@ -181,6 +181,16 @@ def test_the_boot_units_entry_point_sets_the_clocks_of_the_guests_it_resumes(lin
         assert "%s: clock set from this host" % name in unit.stdout, unit.stdout
         kept(vm, before[name])
 
+    # and taken off again, check -> real -> check: the entry point, its engine and the token go, the journal stays
+    absent = {"venv": str(venv), "state_dir": str(linux_lab.state_dir), "state": "absent"}
+    would = run_module("restore_unit", absent, check=True)
+    assert would.rc == 0 and would.result["changed"] and (venv / "bin" / "liveupdate-cpr-restore").exists(), would.result
+    removed = run_module("restore_unit", absent)
+    assert removed.rc == 0 and removed.result["changed"], removed.result
+    assert not (venv / "bin" / "liveupdate-cpr-restore").exists() and not (venv / "lib" / "liveupdate-cpr").exists()
+    assert not token_file.exists() and all((linux_lab.state_dir / (name + ".json")).exists() for name in linux_lab.vms)
+    assert not run_module("restore_unit", absent).result["changed"]
+
 
 def by_host(lab: Path) -> Dict[str, Dict[str, object]]:
     return {str(machine["host"]): machine for machine in local_fleet.probe_all(lab)}

@@ -278,3 +278,56 @@ def test_an_unplain_path_is_refused_before_anything_is_written(tmp_path):
 def test_the_engine_version_is_galaxys():
     galaxy = (ROOT / "galaxy.yml").read_text()
     assert re.search(r"^version: %s$" % re.escape(COLLECTION_VERSION), galaxy, re.M)
+
+
+class FakeSystemd:
+    """systemctl as seen by ensure/remove: which unit is enabled, and every call."""
+
+    def __init__(self, monkeypatch):
+        self.enabled = False
+        self.calls = []
+        monkeypatch.setattr(boot_restore, "systemd_is_init", lambda: True)
+        monkeypatch.setattr(boot_restore, "_systemctl", self)
+
+    def __call__(self, *args):
+        self.calls.append(args)
+        if args[0] == "enable":
+            self.enabled = True
+        elif args[0] == "disable":
+            self.enabled = False
+        code = 0 if args[0] != "is-enabled" or self.enabled else 1
+        return subprocess.CompletedProcess(("systemctl",) + args, code, "", "")
+
+
+def test_state_absent_takes_unit_entry_point_engine_and_token_away_and_keeps_the_journal(tmp_path, monkeypatch):
+    venv, units = tmp_path / "venv", tmp_path / "units"
+    (venv / "bin").mkdir(parents=True)
+    os.symlink(os.path.realpath(sys.executable), venv / "bin" / "python")
+    systemd = FakeSystemd(monkeypatch)
+    opts = {"venv": str(venv), "state_dir": str(tmp_path / "state"), "unit_dir": str(units)}
+    installed = boot_restore.ensure(boot_restore.UnitOptions(mint_token=True, **opts))
+    assert installed["unit"]["active"] and systemd.enabled
+    journal = jr.Journal(opts["state_dir"])
+    saved(journal, "vm1", tmp_path)
+
+    checked = boot_restore.ensure(boot_restore.UnitOptions(state="absent", check_mode=True, **opts))
+    assert checked["changed"] and systemd.enabled and (units / boot_restore.UNIT_NAME).exists()
+
+    removed = boot_restore.ensure(boot_restore.UnitOptions(state="absent", **opts))
+
+    assert removed["changed"] and not removed["unit"]["active"]
+    assert set(removed["removed"]) == {"disabled " + boot_restore.UNIT_NAME, str(units / boot_restore.UNIT_NAME),
+                                       str(venv / "bin" / boot_restore.ENTRY_POINT), boot_restore.engine_dir(str(venv)),
+                                       boot_token.token_path(opts["state_dir"])}
+    assert not systemd.enabled and ("daemon-reload",) in systemd.calls
+    assert boot_restore.installed_version(str(venv)) is None
+    assert boot_token.read(opts["state_dir"]) is None
+    assert journal.read("vm1")["phase"] == jr.SAVED  # the rollout still restores it
+    assert (venv / "bin" / "python").exists()
+    again = boot_restore.ensure(boot_restore.UnitOptions(state="absent", **opts))
+    assert not again["changed"] and again["removed"] == []
+
+
+def test_state_absent_refuses_to_mint_a_token(tmp_path):
+    with pytest.raises(Exception, match="mint_token and state=absent"):
+        boot_restore.ensure(boot_restore.UnitOptions(venv=str(tmp_path), state="absent", mint_token=True))
