@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -57,3 +58,16 @@ def assert_running_untouched(vm: TestVm, before: GuestState) -> None:
 
 def assert_private(path: Path, mode: int) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == mode, "%s has mode %o" % (path, stat.S_IMODE(path.stat().st_mode))
+
+
+def release_fifo(fifo: Path) -> bool:
+    """Give every reader of fifo EOF; False when none is left (a reader's own timeout ended it). Never blocks, as a
+    plain open for writing would with no reader."""
+    try:
+        fd = os.open(str(fifo), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise
+    os.close(fd)
+    return True

@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 from ansible_run import BIN, ROOT
-from helpers import assert_resumed, qemu_pids
+from helpers import assert_resumed, qemu_pids, release_fifo
 
 from lab import faults
 from lab import local_fleet as fleet
@@ -195,8 +195,7 @@ def test_the_controller_killed_before_anything_pauses_loses_nothing_and_a_rerun_
         assert qemu_pids(lab.base)["hv1-vm1"] != pids["hv1-vm1"], "saved and restored by the rerun"
         assert not (lab.state / "rollout.lock").exists()
         # what the killed run left on the host: its update command, still waiting; released, it changes nothing
-        with open(lab.fifo, "w"):
-            pass
+        release_fifo(lab.fifo)
         wait_for("the orphaned update command to end", lambda: not any(os.path.exists("/proc/%d" % p) for p in held))
         assert qemu_pids(lab.base) == {"hv1-vm1": qemu_pids(lab.base)["hv1-vm1"]}
         lab.assert_all_resumed()

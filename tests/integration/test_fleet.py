@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from ansible_run import BIN, ROOT, run_playbook
-from helpers import qemu_pids
+from helpers import qemu_pids, release_fifo
 
 from lab import local_fleet as fleet
 from lab.testvm import TestVm, guest_disk, probe
@@ -76,8 +76,7 @@ def wait_for_lock(lock: Path, phase: str, timeout: float = 120.0) -> dict:
 
 
 def release(fifo: Path, process: subprocess.Popen) -> str:
-    with open(fifo, "w"):
-        pass  # the writer's close gives every reader EOF
+    release_fifo(fifo)
     return process.communicate(timeout=300)[0]
 
 
