@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token, qemu_argv, restore
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token, guest_agent, qemu_argv, restore
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
@@ -97,6 +97,18 @@ def test_the_planned_boot_restores_every_saved_vm_through_restore_host_and_uses_
     assert restores.calls[0].restored_by == "boot unit"
     assert "web1: resumed" in log and "db1: resumed" in log
     assert boot_token.read(journal.state_dir)["consumed_boot_id"] == NEW_BOOT
+
+
+def test_the_unit_sets_each_guests_clock_by_the_policy_its_save_recorded(journal, tmp_path, planned, monkeypatch):
+    restores = Restores(monkeypatch)
+    saved(journal, "web1", tmp_path, guest_time_sync="off")
+    saved(journal, "db1", tmp_path, guest_time_sync="required")
+    saved(journal, "old1", tmp_path)  # saved before the policy was recorded: auto, vm_restore's default
+
+    assert run(journal)[0] == 0
+    policies = restores.calls[0]
+    assert {vm: guest_agent.policy_of(vm, policies.guest_time_sync, policies.guest_time_sync_per_vm)
+            for vm in ("web1", "db1", "old1")} == {"web1": "off", "db1": "required", "old1": "auto"}
 
 
 def test_no_token_on_this_boot_restores_nothing_and_says_why(journal, tmp_path, monkeypatch):

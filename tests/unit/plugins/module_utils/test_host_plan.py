@@ -87,14 +87,15 @@ def kernel_facts(needed=True, usable=True, target="6.12.1-amd64", available=("6.
             "kexec": {"usable": usable, "reasons": [] if usable else ["kernel.kexec_load_disabled is 1"]}}
 
 
-def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, **options):
+def planned(tmp_path, monkeypatch, records=(), running=(), unit_status=None, outside=(), **options):
     journal = jr.Journal(str(tmp_path / "state"))
     journal.ensure()
     for record in records:
         journal.write(dict(record, state_file=journal.state_path(record["vm"])))
     kernel = kernel_facts(**options.pop("kernel", {}))
     monkeypatch.setattr(host_plan.kn, "kernel_facts", lambda opts: kernel)
-    monkeypatch.setattr(host_plan, "select", lambda qmp_dir, vms, recs: Scope([qemu(name) for name in running]))
+    monkeypatch.setattr(host_plan, "select", lambda qmp_dir, vms, recs: Scope(
+        [qemu(name) for name in running], outside=[qemu(name, pid=pid) for pid, name in enumerate(outside, 100)]))
     judged = []
     suspends = options.pop("suspends", {})
     not_ready = options.pop("not_ready", {})
@@ -188,6 +189,24 @@ def test_a_refused_host_names_its_vms_reasons_too_so_one_run_shows_everything_to
     with pytest.raises(NotReadyError, match=r"kexec cannot be used .* \| web2: its RAM is on tmpfs") as refused:
         planned(tmp_path, monkeypatch, running=["web1", "web2"], kernel={"usable": False}, not_ready={"web2": tmpfs})
     assert "web1" not in str(refused.value)
+
+
+def test_a_reboot_with_a_qemu_outside_the_scope_is_refused_before_anything_is_paused(tmp_path, monkeypatch):
+    """liveupdate_vms or liveupdate_qmp_dir leaves a VM out: the kexec would take it down unsaved."""
+    with pytest.raises(NotReadyError, match=r"nothing was paused, because: 1 QEMU\(s\) run on this host outside the "
+                                            r"rollout's scope, and would die unsaved in its kexec: other1 \(pid 100"):
+        planned(tmp_path, monkeypatch, running=["web1"], outside=["other1"])
+    with pytest.raises(NotReadyError, match="would die unsaved in its reboot: other1"):
+        planned(tmp_path, monkeypatch, running=["web1"], outside=["other1"], kernel={"usable": False},
+                kexec_fallback_to_reboot=True)
+    # no reboot, no danger: a QEMU-only relaunch and a reboot_method=none cycle leave the others alone
+    assert planned(tmp_path, monkeypatch, running=["web1"], outside=["other1"], kernel={"needed": False},
+                   update_qemu=True)[0]["action"] == "relaunch"
+    assert planned(tmp_path, monkeypatch, running=["web1"], outside=["other1"], reboot_method="none")[0]["action"]
+    # a cycle whose VMs were saved in this boot (a rerun's finish_cycle) is held to the same rule
+    finishing = [{"vm": "web1", "phase": jr.SAVED, "boot_id": "b1"}]
+    with pytest.raises(NotReadyError, match="would die unsaved in its kexec: other1"):
+        planned(tmp_path, monkeypatch, records=finishing, outside=["other1"])
 
 
 def test_a_relaunch_judges_the_vms_without_a_reboot(tmp_path, monkeypatch):

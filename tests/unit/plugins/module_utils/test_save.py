@@ -204,9 +204,10 @@ def assessed(name="web1"):
 def test_a_save_journals_saving_before_the_vm_pauses_and_hashes_the_file_before_quit(journal, monkeypatch):
     fake = FakeQemu(journal).install(monkeypatch)
 
-    done = save.save_one(assessed(), journal, timeout=5)
+    done = save.save_one(assessed(), journal, timeout=5, guest_time_sync="off")
 
     assert fake.phase_at_migrate == jr.SAVING
+    assert journal.read("web1")["guest_time_sync"] == "off", "the boot unit's clock policy, kept for it"
     assert fake.sent.index("cpr-mode") < fake.sent.index("quit")
     assert done["phase"] == jr.SAVED
     on_disk = journal.read("web1")
@@ -310,7 +311,7 @@ def test_an_interrupted_save_is_cancelled_resumed_and_its_file_set_aside(journal
         return real_execute(session, command, arguments, timeout)
     monkeypatch.setattr(save.QmpSession, "execute", execute)
     monkeypatch.setattr(save.migration, "result", lambda session, timeout: {"status": "cancelled"})
-    record = journal.set_phase(save.new_record(assessed(), journal), jr.SAVING)
+    record = journal.set_phase(save.new_record(assessed(), journal, "auto"), jr.SAVING)
     with open(record["state_file"], "wb") as handle:
         handle.write(b"half a state")
 
@@ -390,7 +391,7 @@ def test_one_failed_save_does_not_hide_the_others_and_says_which_were_left_runni
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("a"), qemu("b", pid=2)]))
     monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [assessed("a"), assessed("b")])
 
-    def save_one(found, journal_, timeout):
+    def save_one(found, journal_, timeout, guest_time_sync):
         if found.vm.name == "b":
             raise SaveError("save failed and the VM was left running: boom", vm="b")
         return journal_.set_phase({"vm": "a", "launch_argv": []}, jr.SAVED)
@@ -405,29 +406,33 @@ def test_one_failed_save_does_not_hide_the_others_and_says_which_were_left_runni
 
 
 # -- the restore token is armed only once every VM of the host is saved -----------------------------------------
-def test_the_restore_token_is_armed_once_every_vm_is_saved_and_not_after_a_partial_save(journal, monkeypatch):
-    def still_running(qmp_dir, vms, records):
-        return Scope([qemu(name, pid=pid) for pid, name in enumerate("ab", 1)
-                      if records.get(name, {}).get("phase") != jr.SAVED and (not vms or name in vms)])
-    monkeypatch.setattr(save, "select", still_running)
+def test_the_restore_token_is_armed_once_no_qemu_runs_whatever_the_scope(journal, monkeypatch):
+    """A host of two VMs, a and b, saved one named scope at a time: only the save that leaves no QEMU arms it."""
+    def host():
+        saved = {r["vm"] for r in journal.records() if r.get("phase") == jr.SAVED}
+        return [qemu(name, pid=pid) for pid, name in enumerate("ab", 1) if name not in saved]
+    monkeypatch.setattr(save, "running_qemus", host)
+    monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope(
+        [vm for vm in host() if not vms or vm.name in vms]))
     monkeypatch.setattr(save, "assess_all",
                         lambda vms, opts, check_outdated=False, records=None: [assessed(vm.name) for vm in vms])
-    monkeypatch.setattr(save, "save_one", lambda found, journal_, timeout: journal_.set_phase(
+    monkeypatch.setattr(save, "save_one", lambda found, journal_, timeout, guest_time_sync: journal_.set_phase(
         {"vm": found.vm.name, "launch_argv": []}, jr.SAVED))
     boot_token.mint(journal.state_dir, True)
 
     only_a = save.save_host(save.SaveOptions(state_dir=journal.state_dir, vms=["a"]))
-    assert only_a["restore_token_armed"] is False and not boot_token.read(journal.state_dir)["armed_at"]
+    assert only_a["restore_token_armed"] is False and not boot_token.read(journal.state_dir)["armed_at"], "b runs"
 
-    every_vm = save.save_host(save.SaveOptions(state_dir=journal.state_dir))
-    assert every_vm["restore_token_armed"] is True and boot_token.read(journal.state_dir)["armed_at"]
+    # a scope that names the rest (liveupdate_vms) leaves the host with nothing running: armed
+    the_rest = save.save_host(save.SaveOptions(state_dir=journal.state_dir, vms=["b"]))
+    assert the_rest["restore_token_armed"] is True and boot_token.read(journal.state_dir)["armed_at"]
 
 
 def test_a_failed_save_arms_nothing(journal, monkeypatch):
     monkeypatch.setattr(save, "select", lambda qmp_dir, vms, records: Scope([qemu("a")]))
     monkeypatch.setattr(save, "assess_all", lambda vms, opts, check_outdated=False, records=None: [assessed("a")])
 
-    def fails(found, journal_, timeout):
+    def fails(found, journal_, timeout, guest_time_sync):
         raise SaveError("boom", vm="a")
     monkeypatch.setattr(save, "save_one", fails)
     boot_token.mint(journal.state_dir, True)

@@ -52,11 +52,13 @@ def test_qmp_dir_keeps_only_vms_whose_socket_is_under_it(running, qmp_dir):
 
     assert names(found) == ["in"]
     assert found.warnings == []
+    assert sorted(vm.name for vm in found.outside) == ["nomon", "out", "prefix"], "what a reboot would take down"
 
 
 def test_names_narrow_the_scope_and_may_name_vms_only_the_journal_knows(running):
     running(qemu("a", "/run/x/a.sock"), qemu("b", "/run/x/b.sock", pid=2))
-    assert names(scope.select(None, ["b", "saved"], {"saved": {"qmp": {"path": "/run/x/saved.sock"}}})) == ["b"]
+    found = scope.select(None, ["b", "saved"], {"saved": {"qmp": {"path": "/run/x/saved.sock"}}})
+    assert names(found) == ["b"] and [vm.name for vm in found.outside] == ["a"]
 
 
 def test_an_unknown_name_is_refused_listing_the_vms_in_scope(running, qmp_dir):
