@@ -119,7 +119,10 @@ def restore_at_boot(state_dir: str, resource_timeout: float, restore_timeout: fl
     try:
         result = restore_host(RestoreOptions(vms=[r["vm"] for r in mine], state_dir=state_dir, timeout=restore_timeout,
                                              restored_by=RESTORED_BY_BOOT_UNIT,
-                                             before_launch=resource_wait(journal, resource_timeout, log)))
+                                             before_launch=resource_wait(journal, resource_timeout, log),
+                                             # the rollout's clock policy for each VM, as its save recorded it
+                                             guest_time_sync_per_vm={r["vm"]: r["guest_time_sync"] for r in mine
+                                                                     if r.get("guest_time_sync")}))
     except CprError as exc:
         masked = _masking(log, sorted(exc.secrets))
         failed = [f for f in exc.details.get("failures") or [exc.as_dict()] if f.get("kind") != ResourcesMissing.__name__]

@@ -144,6 +144,17 @@ def refusals(decision: Decision, kernel: Mapping[str, Any], opts: PlanOptions) -
     return problems
 
 
+def outside_the_scope(decision: Decision, scope: Scope) -> List[str]:
+    """A reboot takes down every QEMU on the host: one the rollout does not save would die with it."""
+    if decision.action not in REBOOTING or decision.reboot not in ("kexec", "reboot") or not scope.outside:
+        return []
+    return ["%d QEMU(s) run on this host outside the rollout's scope, and would die unsaved in its %s: %s. Bring them "
+            "into the scope (liveupdate_qmp_dir, liveupdate_vms) so that they are saved too, or shut them down first" % (
+                len(scope.outside), decision.reboot, ", ".join(
+                    "%s (pid %d%s)" % (vm.name, vm.pid, ", QMP %s" % vm.qmp.path if vm.qmp else ", no QMP socket")
+                    for vm in sorted(scope.outside, key=lambda vm: vm.pid)))]
+
+
 def lost_ram(records: Sequence[Dict[str, Any]], state_dir: str) -> List[str]:
     """The saves that wait for a restore this boot may not do: their RAM may be gone (restore.check_ram_survived)."""
     waiting = [r for r in records if r.get("phase") in jr.AWAITING_RESTORE]
@@ -211,7 +222,7 @@ def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journa
     if method != guess:
         assessed = sv.assess_all(to_save, opts.save_options(method), check_outdated=True, records=records)
     info = info_of(assessed, records, scope, opts.vms)
-    problems = refusals(decision, kernel, opts) + lost_ram(mine, opts.state_dir)
+    problems = refusals(decision, kernel, opts) + outside_the_scope(decision, scope) + lost_ram(mine, opts.state_dir)
     if qemu is not None and qemu.problem:
         problems.append("QEMU's packages (%s) cannot be updated%s: %s. Fix the host's sources, set "
                         "liveupdate_qemu_target_release to a release that offers all of them, or list the packages "

@@ -9,7 +9,7 @@ the save, the QEMU start and the load, never an Ansible round trip.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
@@ -34,12 +34,10 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.scope import Scope,
 class RelaunchOptions(SaveOptions):
     force: bool = False
     keep_state: bool = False
-    guest_time_sync: str = "auto"
-    guest_time_sync_per_vm: Dict[str, str] = field(default_factory=dict)
 
 
 def _cycle(ready: Readiness, journal: jr.Journal, opts: RelaunchOptions) -> Dict[str, Any]:
-    record = save_one(ready, journal, opts.timeout)
+    record = save_one(ready, journal, opts.timeout, opts.time_sync_for(ready.vm.name))
     restored = restore_one(record, journal, opts.keep_state, opts.timeout)
     return set_guest_clock(restored, journal, opts.guest_time_sync, opts.guest_time_sync_per_vm)
 

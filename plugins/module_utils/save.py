@@ -28,7 +28,7 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils import (
 )
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.concurrency import run_each, run_per_vm, summary
-from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, wait_gone
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import check_name, running_qemus, wait_gone
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import (
     CprError,
     JournalError,
@@ -62,12 +62,18 @@ class SaveOptions:
     check_mode: bool = False
     guest_suspend: str = "auto"
     guest_suspend_per_vm: Dict[str, str] = field(default_factory=dict)
+    # recorded with each save: the boot unit, which has no Ansible to ask, sets the clocks by it
+    guest_time_sync: str = "auto"
+    guest_time_sync_per_vm: Dict[str, str] = field(default_factory=dict)
 
     def policy_for(self, vm: str) -> str:
         return self.ram_policy_per_vm.get(vm, self.ram_policy)
 
     def suspend_policy_for(self, vm: str) -> str:
         return self.guest_suspend_per_vm.get(vm, self.guest_suspend)
+
+    def time_sync_for(self, vm: str) -> str:
+        return guest_agent.policy_of(vm, self.guest_time_sync, self.guest_time_sync_per_vm)
 
 
 def check_state_dir(journal: jr.Journal, check_mode: bool) -> None:
@@ -136,7 +142,7 @@ def socket_dir_of(path: str) -> Dict[str, Any]:
     return {"dir_mode": stat.S_IMODE(info.st_mode), "dir_uid": info.st_uid, "dir_gid": info.st_gid}
 
 
-def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any]:
+def new_record(ready: readiness.Readiness, journal: jr.Journal, guest_time_sync: str) -> Dict[str, Any]:
     vm = ready.vm
     if ready.verdict is None or vm.qmp is None or ready.machine_type is None:
         raise NotReadyError("was not fully assessed before its save.", vm=vm.name)
@@ -155,6 +161,7 @@ def new_record(ready: readiness.Readiness, journal: jr.Journal) -> Dict[str, Any
         "collection_version": COLLECTION_VERSION,
         "ram_backends": [b.as_dict() for b in vm.ram], "run_state_at_save": ready.status,
         "supervisor": vm.supervisor.as_dict(), "error": None, "timestamps": {}, "suspend_reason": ready.suspend,
+        "guest_time_sync": guest_time_sync,
     }
 
 
@@ -230,10 +237,12 @@ def suspend_guest(session: QmpSession, record: Dict[str, Any], journal: jr.Journ
     return journal.write(dict(record, suspended_at=suspended_at, suspend_seconds=round(suspended_at - asked, 6)))
 
 
-def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float) -> Dict[str, Any]:
-    """Save one ready VM; the journal record is on disk before the VM pauses."""
+def save_one(ready: readiness.Readiness, journal: jr.Journal, timeout: float, guest_time_sync: str = "auto"
+             ) -> Dict[str, Any]:
+    """Save one ready VM; the journal record is on disk before the VM pauses. ``guest_time_sync``: the clock policy
+    of its resume, kept in the record for a restore that has no options of its own (the boot unit)."""
     vm = ready.vm
-    record = journal.set_phase(new_record(ready, journal), jr.SAVING)
+    record = journal.set_phase(new_record(ready, journal, guest_time_sync), jr.SAVING)
     state_file = record["state_file"]
     with QmpSession(record["qmp"]["path"], vm.name) as session:
         try:
@@ -350,7 +359,8 @@ def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Di
     if opts.check_mode:
         plan = [dict(r.as_dict(), action="would_save", mode=r.verdict.mode if r.verdict else None) for r in ready]
         return {"changed": bool(plan), "vms": plan + results, "warnings": scope.warnings}
-    done, failures = run_per_vm(ready, lambda r: save_one(r, journal, opts.timeout), lambda r: r.vm.name)
+    done, failures = run_per_vm(ready, lambda r: save_one(r, journal, opts.timeout, opts.time_sync_for(r.vm.name)),
+                                lambda r: r.vm.name)
     results.extend(public_view(record, "saved") for _ready, record in done)
     changed = bool(done)
     if failures:
@@ -358,6 +368,6 @@ def _save_in_scope(opts: SaveOptions, journal: jr.Journal, records: Dict[str, Di
             len(failures), len(ready), summary(failures)),
             vm=failures[0]["vm"], fix="see each VM's error; do not reboot this host until every VM is saved.",
             failures=failures, vms=results, changed=changed)
-    # the whole host is saved: its planned kexec may now prove itself (boot_token)
-    armed = not opts.vms and boot_token.arm(journal.state_dir)
+    # the whole host is saved, no QEMU of any scope left running: its planned kexec may now prove itself (boot_token)
+    armed = not running_qemus() and boot_token.arm(journal.state_dir)
     return {"changed": changed, "vms": results, "warnings": scope.warnings, "restore_token_armed": armed}

@@ -22,6 +22,8 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.qmp import QmpSessi
 class Scope:
     running: List[QemuProcess]
     warnings: List[str] = field(default_factory=list)
+    # every QEMU on the host that is not in scope: a reboot of the host would take them down unsaved
+    outside: List[QemuProcess] = field(default_factory=list)
     # of every QEMU seen and every journal record read, in scope or not: for the boundary to mask
     secrets: Set[str] = field(default_factory=set)
 
@@ -109,4 +111,6 @@ def select(qmp_dir: Optional[str], names: Sequence[str], journal: Optional[Mappi
                 ", ".join(unknown), " under %s" % qmp_dir if qmp_dir else "", ", ".join(sorted(seen)) or "none"),
                 vm=unknown[0], fix="check the names in vms against -name guest=NAME of each QEMU.")
         scope.running = [vm for vm in scope.running if vm.name in names]
+    in_scope = {vm.pid for vm in scope.running}
+    scope.outside = [vm for vm in running if vm.pid not in in_scope]
     return scope

@@ -24,6 +24,9 @@ description:
   - A VM whose save fails is resumed and left running; its partial state file is renamed C(NAME.state.partial),
     its journal record says C(save_failed) with QEMU's reason, and the task fails.
   - VMs the journal already holds as saved are reported unchanged.
+  - O(guest_time_sync) and O(guest_time_sync_per_vm) are not used by the save itself. Each VM's policy is kept in its
+    journal record, for the boot unit (M(liveupdate.cpr.restore_unit)), which resumes the VMs with no options of its
+    own; M(liveupdate.cpr.vm_restore) takes its own.
 author:
   - liveupdate.cpr maintainers (@liveupdate-cpr)
 extends_documentation_fragment:
@@ -31,6 +34,7 @@ extends_documentation_fragment:
   - liveupdate.cpr.common.selection
   - liveupdate.cpr.common.ram
   - liveupdate.cpr.common.suspend
+  - liveupdate.cpr.common.guest
 attributes:
   check_mode:
     description: Runs every check and reports which VMs would be saved and how; sends only C(query-*) commands
@@ -80,6 +84,13 @@ vms:
       type: list
       elements: str
       returned: unless check mode
+restore_token_armed:
+  description:
+    - Whether this save armed the restore token that the host's planned kexec carries (M(liveupdate.cpr.restore_unit)).
+    - Only a save after which no QEMU at all runs on the host arms it, whatever the scope; a host with a VM left
+      running is not ready for a reboot, and its next boot restores nothing at boot.
+  returned: success, unless check mode
+  type: bool
 failures:
   description: Per-VM errors when some saves failed; those VMs were left running.
   returned: failure
@@ -91,6 +102,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import boundary
 from ansible_collections.liveupdate.cpr.plugins.module_utils.args_common import (
+    GUEST_ARGS,
     RAM_ARGS,
     SCOPE_ARGS,
     SELECTION_ARGS,
@@ -101,7 +113,8 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOpt
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, SUSPEND_ARGS), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=spec(SCOPE_ARGS, SELECTION_ARGS, RAM_ARGS, SUSPEND_ARGS, GUEST_ARGS),
+                           supports_check_mode=True)
     boundary.run(module, save_host, SaveOptions)
 
 
