@@ -36,7 +36,7 @@ _value:
 
 VM_FIELDS = ("vm", "action", "mode", "ram_policy", "state_size", "paused_at", "resumed_at", "blackout_seconds",
              "reason", "previous_qemu_version", "qemu_version", "pid", "restored_by", "guest_clock",
-             "suspend_seconds", "health", "restored_qemu_version")
+             "suspend_seconds", "wake_seconds", "health", "restored_qemu_version")
 
 
 def vm_rows(results: Sequence[Sequence[Dict[str, Any]]]) -> List[Dict[str, Any]]:

@@ -126,15 +126,17 @@ def _left_behind(record: Dict[str, Any], timeout: float) -> Optional[QemuProcess
     return None
 
 
-def _wake_if_suspended(session: QmpSession, record: Dict[str, Any]) -> bool:
-    """system_wakeup for a guest that vm_save suspended to RAM: QEMU loads it suspended."""
+def _wake_if_suspended(session: QmpSession, record: Dict[str, Any]) -> Optional[float]:
+    """system_wakeup for a guest that vm_save suspended to RAM (QEMU loads it suspended): the seconds from the
+    command to QEMU's WAKEUP, a part of the guest's blackout; None when it was not suspended."""
     if not record.get("suspended_by_engine"):
-        return False
+        return None
     status = session.wait_for(_settled_status, 30, what="the loaded VM to leave inmigrate")
     if status != "suspended":
-        return False
+        return None
+    asked = jr.now()
     wake_guest(session, 30)
-    return True
+    return round(max(0.0, (session.last_event_time("WAKEUP") or jr.now()) - asked), 6)
 
 
 def _settled_status(session: QmpSession) -> Optional[str]:
@@ -168,14 +170,15 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                         "error-desc", info.get("status")), vm=record["vm"], qemu_message=info.get("error-desc"),
                         fix="QEMU (pid %d) was left running to show the error; the state file and journal are kept. "
                             "Fix the cause and run vm_restore again." % started.pid)
-            woken = _wake_if_suspended(session, record)
+            wake_seconds = _wake_if_suspended(session, record)
             status = readiness.run_status(session)
             if record.get("run_state_at_save") == "running" and status != "running":
                 session.execute("cont")
             want = "running" if record.get("run_state_at_save") == "running" else "paused"
             session.wait_for(lambda s: readiness.run_status(s) == want, 30, what="the VM to be %s" % want)
             # a guest the save suspended serves again from its WAKEUP, not from QEMU's RESUME
-            resumed_at = (woken and session.last_event_time("WAKEUP")) or session.last_event_time("RESUME") or jr.now()
+            resumed_at = (wake_seconds is not None and session.last_event_time("WAKEUP")) \
+                or session.last_event_time("RESUME") or jr.now()
             # after the resume, so not in the blackout: the QEMU the VM runs now, in its own words
             restored_version = readiness.qemu_version(session)
     except CprError as exc:
@@ -197,7 +200,7 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                              adopted_from_interrupted_restore=adopted is not None,
                              blackout_seconds=round(resumed_at - paused_at, 6), kept_state_file=kept,
                              restored_by=restored_by, restored_boot_id=jr.boot_id(),
-                             restored_qemu_version=restored_version)
+                             restored_qemu_version=restored_version, wake_seconds=wake_seconds)
 
 
 def set_guest_clock(record: Dict[str, Any], journal: jr.Journal, default_policy: str,

@@ -46,7 +46,8 @@ attributes:
 EXAMPLES = r"""
 - name: Write the report
   liveupdate.cpr.fleet_report:
-    report_dir: "{{ playbook_dir }}/reports"
+    # reports/ where ansible-playbook runs, as kernel-live-update.yml defaults: never inside an installed collection
+    report_dir: "{{ 'reports' | realpath }}"
     run: {run_id: "20261125T120000"}
     hosts: "{{ ansible_play_hosts_all | map('extract', hostvars, 'liveupdate_host_report') | select('defined') | list }}"
 """

@@ -86,6 +86,14 @@ vms:
       type: str
       returned: always
     blackout_seconds: {description: Seconds from QEMU's STOP to its RESUME., type: float, returned: when relaunched}
+    suspend_seconds:
+      description: For a guest suspended to RAM before its save, the seconds from C(guest-suspend-ram) to QEMU's SUSPEND.
+      type: float
+      returned: when suspended
+    wake_seconds:
+      description: For a guest suspended to RAM before its save, the seconds from C(system_wakeup) to QEMU's WAKEUP.
+      type: float
+      returned: when relaunched
     guest_clock:
       description:
         - What happened to the guest's clock after its resume (O(guest_time_sync)).

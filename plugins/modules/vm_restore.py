@@ -81,6 +81,12 @@ vms:
       description: Seconds from QEMU's STOP event at save to its RESUME event at restore.
       type: float
       returned: when restored
+    wake_seconds:
+      description:
+        - For a guest the save suspended to RAM (O(liveupdate.cpr.vm_save#module:guest_suspend)), the seconds from
+          C(system_wakeup) to QEMU's WAKEUP event, a part of its blackout; null for any other guest.
+      type: float
+      returned: when restored
     launch: {description: "How QEMU was started: method, pid, systemd unit or log file.", type: dict, returned: when restored}
     qemu_version: {description: The QEMU version that saved the VM (QMP query-version)., type: str, returned: always}
     restored_qemu_version:

@@ -79,6 +79,10 @@ vms:
     state_size: {description: Bytes in the state file., type: int, returned: when saved}
     state_sha256: {description: Hash checked before the restore., type: str, returned: when saved}
     paused_at: {description: Epoch seconds of QEMU's STOP event., type: float, returned: when saved}
+    suspend_seconds:
+      description: For a guest suspended to RAM first (O(guest_suspend)), the seconds from C(guest-suspend-ram) to QEMU's SUSPEND.
+      type: float
+      returned: when suspended
     argv:
       description: The argv the restore will use (machine type pinned), secrets masked.
       type: list

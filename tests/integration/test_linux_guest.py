@@ -138,10 +138,12 @@ def test_save_wait_restore_sets_the_clock_and_without_sync_it_lags_by_the_blacko
     assert abs(lag - drift["blackout_seconds"]) <= 1.0, (lag, drift["blackout_seconds"])
     woke = linux_lab.vms["lg-sync"].ssh(["journalctl", "-b", "-k", "--no-pager", "-g", "PM: suspend exit"])
     assert "PM: suspend exit" in woke, "the guest's own log shows no resume from suspend"
+    assert synced["wake_seconds"] is not None and drift["wake_seconds"] is None, "the wake is timed, and only there"
     clock = synced["guest_clock"]
     print("after a %.1f s blackout: suspended and synced, offset %+.3f s before the sync and %+.3f s after; "
-          "unsynced %+.3f s; suspend took %.3f s" % (synced["blackout_seconds"], clock["offset_before_seconds"],
-                                                     clock["offset_after_seconds"], -lag, suspended["suspend_seconds"]))
+          "unsynced %+.3f s; suspend took %.3f s, wake %.3f s" % (
+              synced["blackout_seconds"], clock["offset_before_seconds"], clock["offset_after_seconds"], -lag,
+              suspended["suspend_seconds"], synced["wake_seconds"]))
 
 
 def test_the_boot_units_entry_point_sets_the_clocks_of_the_guests_it_resumes(linux_lab: LinuxLab) -> None:
