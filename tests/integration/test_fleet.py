@@ -105,6 +105,24 @@ def test_blocker_on_one_host_stops_the_rollout_before_anything_pauses(small_flee
     assert not list(lab.glob("hv*/state/*.state")), "no state file anywhere"
 
 
+def test_qemu_packages_apt_cannot_have_stop_the_rollout_in_the_fleet_wide_preflight(small_fleet):
+    """QEMU updated by apt (no update command), from a release this machine's apt does not have: every host is refused
+    in the preflight that runs before batch 1, so neither host's stage ever starts."""
+    lab = small_fleet[0]
+    pids_before = qemu_pids(lab)
+
+    refused = rollout(lab, liveupdate_qemu_update_command=[], liveupdate_qemu_target_release="liveupdate-no-such-release")
+
+    assert refused.rc != 0
+    failed = [entry for entry in refused.entries if entry["status"] == "failed"]
+    assert sorted(entry["host"] for entry in failed) == ["hv1", "hv2"], "both refused at once, batch 2's host too"
+    for entry in failed:
+        message = entry["result"]["msg"]
+        assert "nothing was paused" in message and "cannot be updated from liveupdate-no-such-release" in message, message
+    assert qemu_pids(lab) == pids_before, "no VM on any host was paused or restarted"
+    assert not list(lab.glob("hv*/state/*.json")), "no journal record anywhere: no save began"
+
+
 def test_a_broken_qemu_build_is_refused_by_the_cross_version_guard_before_anything_pauses(small_fleet):
     lab = small_fleet[0]
     package = lab / "packages" / "qemu-system-x86_64"
