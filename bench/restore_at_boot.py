@@ -9,7 +9,9 @@ report and prints, per host, the blackout, the host's part and ours, and the rat
 
 The host's part runs from the kexec jump (old boot's clock) to the restore unit's start (systemd's
 ExecMainStartTimestamp, new boot's clock), or for Ansible's restore to its reconnect: +-1 s across the jump.
-Ours, for restore at boot, runs from the unit's start to the host's last VM RESUME, on one clock.
+Ours, for restore at boot, runs from the unit's start to the host's last VM RESUME, on one clock. The host's part
+splits at systemd's start (UserspaceTimestamp): before it the kernel and the initramfs, after it systemd's boot up to
+the unit.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def rows(report: Dict[str, Any]) -> List[Dict[str, Any]]:
             "host_part": statistics.mean(float(row["reboot"]) for row in split),
             "ours": (last_resume - unit) if at_boot and unit else None,
             "kernel_start": float(reboot["booted_at"]) - float(reboot["jumped_at"]),
+            "systemd": (float(reboot["userspace_started_at"]) - float(reboot["jumped_at"]))
+            if float(reboot.get("userspace_started_at") or 0) else None,
             "sshd": (float(reboot["sshd_ready_at"]) - float(reboot["jumped_at"]))
             if float(reboot.get("sshd_ready_at") or 0) else None,
             "reconnect": float(reboot["answered_at"]) - float(reboot["jumped_at"]),
@@ -54,12 +58,12 @@ def table(found: List[Dict[str, Any]]) -> str:
         return "-" if value is None else "%.1f s" % value
 
     lines = ["| host | path | VMs | mean blackout | host's part | ours: unit start to last RESUME | new kernel | "
-             "sshd ready | Ansible reconnected |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "systemd start | sshd ready | Ansible reconnected |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in found:
-        lines.append("| %s | %s | %d | %s | %s | %s | +%s | +%s | +%s |" % (
+        lines.append("| %s | %s | %d | %s | %s | %s | +%s | +%s | +%s | +%s |" % (
             row["host"], row["path"], row["vms"], seconds(row["blackout"]), seconds(row["host_part"]),
             "-" if row["ours"] is None else "%.2f s" % row["ours"], seconds(row["kernel_start"]),
-            seconds(row["sshd"]), seconds(row["reconnect"])))
+            seconds(row["systemd"]), seconds(row["sshd"]), seconds(row["reconnect"])))
     at_boot = [row["blackout"] for row in found if row["path"] == "restore at boot"]
     ansible = [row["blackout"] for row in found if row["path"] != "restore at boot"]
     if at_boot and ansible:

@@ -78,13 +78,15 @@ def table(hosts: Sequence[Dict[str, Any]]) -> str:
 
 
 def reboot_timeline(host_report: Dict[str, Any]) -> List[Tuple[str, float]]:
-    """The host's reboot as (event, seconds after the jump): the new kernel, the restore unit, each VM's RESUME,
-    sshd ready, Ansible's reconnect. Seconds after the jump span two boots' clocks: about 1 s."""
+    """The host's reboot as (event, seconds after the jump): the new kernel, systemd's start (the initramfs done), the
+    restore unit, each VM's RESUME, sshd ready, Ansible's reconnect. Seconds after the jump span two boots' clocks:
+    about 1 s."""
     reboot = host_report.get("reboot") or {}
     if not reboot.get("jumped_at"):
         return []
     jumped = float(reboot["jumped_at"])
-    events = [("new kernel", reboot.get("booted_at")), ("restore unit start", reboot.get("unit_started_at")),
+    events = [("new kernel", reboot.get("booted_at")), ("systemd start", reboot.get("userspace_started_at")),
+              ("restore unit start", reboot.get("unit_started_at")),
               ("sshd ready", reboot.get("sshd_ready_at")), ("Ansible reconnected", reboot.get("answered_at"))]
     events += [("%s RESUME (%s)" % (vm["vm"], vm.get("restored_by") or "?"), vm.get("resumed_at"))
                for vm in host_report.get("vms", [])]

@@ -139,3 +139,20 @@ def test_check_mode_and_no_report_dir_write_nothing(tmp_path):
     bare = write_report(ReportOptions(run=RUN, hosts=[host("hv1")]))
     assert "json_path" not in bare
     assert bare["changed"] is False
+
+
+def test_the_reboot_timeline_splits_the_hosts_part_and_orders_every_event_after_the_jump():
+    host = {"host": "hv1", "reboot": {"jumped_at": 1000.0, "booted_at": 1003.1, "userspace_started_at": 1006.0,
+                                      "unit_started_at": 1007.2, "sshd_ready_at": 1020.0, "answered_at": 1031.5},
+            "vms": [{"vm": "vm1", "restored_by": "boot unit", "resumed_at": 1008.0},
+                    {"vm": "vm2", "restored_by": "boot unit", "resumed_at": 1008.4}]}
+
+    events = [(name, round(after, 1)) for name, after in report.reboot_timeline(host)]
+
+    assert events == [("new kernel", 3.1), ("systemd start", 6.0), ("restore unit start", 7.2),
+                      ("vm1 RESUME (boot unit)", 8.0), ("vm2 RESUME (boot unit)", 8.4), ("sshd ready", 20.0),
+                      ("Ansible reconnected", 31.5)]
+    # a host without systemd or the unit: those events are 0 there, and left out
+    bare = dict(host, reboot=dict(host["reboot"], userspace_started_at=0, unit_started_at=0, sshd_ready_at=0), vms=[])
+    assert [name for name, _after in report.reboot_timeline(bare)] == ["new kernel", "Ansible reconnected"]
+    assert report.reboot_timeline({"host": "hv2"}) == []
