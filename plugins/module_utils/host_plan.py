@@ -65,11 +65,7 @@ def journal_state(records: Sequence[Mapping[str, Any]], boot_id: str) -> str:
 
 def reboot_for(situation: Situation) -> str:
     """The reboot a rebooting action really gets."""
-    if situation.reboot_method in ("reboot", "none"):
-        return situation.reboot_method
-    if situation.kexec_usable:
-        return "kexec"
-    return "reboot" if situation.fallback else "refused"
+    return kn.effective_reboot(situation.reboot_method, situation.kexec_usable, situation.fallback)
 
 
 def decide(situation: Situation) -> Decision:

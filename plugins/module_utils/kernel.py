@@ -28,7 +28,20 @@ class KernelOptions:
     # whether to ask the package manager what it offers: seconds on a host with large package lists, and moot when
     # no kernel will be installed
     offered: bool = True
+    # the reboot asked for, and whether a firmware reboot may stand in for a kexec that cannot be used
+    reboot_method: str = "kexec"
+    fallback_to_reboot: bool = False
     check_mode: bool = False
+
+
+def effective_reboot(requested: str, kexec_usable: bool, fallback_to_reboot: bool) -> str:
+    """The reboot a host really gets: kexec where it works, else a firmware reboot where allowed, else refused.
+    The one rule, for the plan (host_plan) and for the kexec role (kernel_info's ``reboot``)."""
+    if requested in ("reboot", "none"):
+        return requested
+    if kexec_usable:
+        return "kexec"
+    return "reboot" if fallback_to_reboot else "refused"
 
 
 def version_key(version: str) -> Tuple[Tuple[int, Union[int, str]], ...]:
@@ -134,5 +147,6 @@ def kernel_facts(opts: KernelOptions) -> Dict[str, Any]:
         "systemd": systemd_is_init(), "kexec": kexec_support(),
         "newer_than_running": version_key(target) > version_key(running),
     }
+    facts["reboot"] = effective_reboot(opts.reboot_method, facts["kexec"]["usable"], opts.fallback_to_reboot)
     facts.update(paths_for(os_family, target))
     return facts

@@ -40,6 +40,17 @@ options:
     type: bool
     default: true
     version_added: 0.1.0
+  reboot_method:
+    description:
+      - The reboot asked for; RV(reboot) says which one this host really gets.
+    type: str
+    choices: [kexec, reboot, none]
+    default: kexec
+  fallback_to_reboot:
+    description:
+      - Whether a firmware reboot may stand in for a kexec that cannot be used (RV(kexec.reasons)).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -131,6 +142,13 @@ systemd:
   description: Whether systemd is PID 1.
   type: bool
   returned: always
+reboot:
+  description:
+    - The reboot this host really gets for O(reboot_method), by the rule the plan (M(liveupdate.cpr.host_plan)) uses.
+    - V(kexec) where kexec can be used; otherwise V(reboot) with O(fallback_to_reboot), else V(refused).
+      O(reboot_method=reboot) and O(reboot_method=none) are taken as they are.
+  type: str
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -142,7 +160,10 @@ from ansible_collections.liveupdate.cpr.plugins.module_utils.kernel import Kerne
 def main() -> None:
     module = AnsibleModule(argument_spec={"version": {"type": "str", "default": ""},
                                           "cmdline_overrides": {"type": "dict", "default": {}},
-                                          "offered": {"type": "bool", "default": True}},
+                                          "offered": {"type": "bool", "default": True},
+                                          "reboot_method": {"type": "str", "default": "kexec",
+                                                            "choices": ["kexec", "reboot", "none"]},
+                                          "fallback_to_reboot": {"type": "bool", "default": False}},
                            supports_check_mode=True)
     boundary.run(module, kernel_facts, KernelOptions, needs_qmp=False)
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import kernel
+from ansible_collections.liveupdate.cpr.plugins.module_utils import host_plan, kernel
 
 
 def test_debian_flavours():
@@ -62,3 +62,21 @@ def test_the_package_manager_is_not_asked_when_no_kernel_will_be_installed(monke
     monkeypatch.setattr(kernel, "_run", lambda argv: pytest.fail("asked %s" % argv))
     facts = kernel.kernel_facts(kernel.KernelOptions(offered=False))
     assert facts["available"] == [] and facts["target"] == "6.1.0-30-amd64", "an installed kernel is still a target"
+
+
+@pytest.mark.parametrize(("requested", "usable", "fallback", "gets"), [
+    ("kexec", True, False, "kexec"), ("kexec", True, True, "kexec"),
+    ("kexec", False, True, "reboot"), ("kexec", False, False, "refused"),
+    ("reboot", False, False, "reboot"), ("reboot", True, False, "reboot"), ("none", False, False, "none"),
+])
+def test_the_reboot_a_host_gets_is_one_rule_for_the_plan_and_the_kexec_role(monkeypatch, requested, usable, fallback,
+                                                                             gets):
+    assert kernel.effective_reboot(requested, usable, fallback) == gets
+    situation = host_plan.Situation(reboot_method=requested, kexec_usable=usable, fallback=fallback)
+    assert host_plan.reboot_for(situation) == gets, "the plan"
+    monkeypatch.setattr(kernel, "kexec_support", lambda: {"usable": usable, "binary": None, "loaded": False,
+                                                          "reasons": [] if usable else ["no kexec here"]})
+    monkeypatch.setattr(kernel, "_run", lambda argv: "")
+    facts = kernel.kernel_facts(kernel.KernelOptions(offered=False, reboot_method=requested,
+                                                     fallback_to_reboot=fallback))
+    assert facts["reboot"] == gets, "kernel_info, which the kexec role's load reads"
