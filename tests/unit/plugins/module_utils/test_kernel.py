@@ -69,8 +69,8 @@ def test_the_package_manager_is_not_asked_when_no_kernel_will_be_installed(monke
     ("kexec", False, True, "reboot"), ("kexec", False, False, "refused"),
     ("reboot", False, False, "reboot"), ("reboot", True, False, "reboot"), ("none", False, False, "none"),
 ])
-def test_the_reboot_a_host_gets_is_one_rule_for_the_plan_and_the_kexec_role(monkeypatch, requested, usable, fallback,
-                                                                             gets):
+def test_the_reboot_a_host_gets_is_one_rule_for_the_plan_and_the_kexec_role(
+        monkeypatch, requested, usable, fallback, gets):
     assert kernel.effective_reboot(requested, usable, fallback) == gets
     situation = host_plan.Situation(reboot_method=requested, kexec_usable=usable, fallback=fallback)
     assert host_plan.reboot_for(situation) == gets, "the plan"
