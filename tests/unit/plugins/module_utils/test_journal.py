@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 
 import pytest
@@ -109,34 +111,38 @@ def test_a_record_survives_power_loss_at_every_step_as_the_old_one_or_the_new_on
 
 
 # -- the host's VM lock: a module a killed controller left running still holds it --------------------------------
-def _hold_vms_lock(state_dir, ready, release):
-    """Another process (a module still running on the host) takes the lock and keeps it until told."""
-    os.close(ready[0])
-    os.close(release[1])
-    with jr.Journal(state_dir).vms_lock(5):
-        os.write(ready[1], b"x")
-        os.read(release[0], 1)
-    os._exit(0)
+@contextlib.contextmanager
+def another_holder(journal):
+    """Another process (a module still running on the host) holding the VM lock; it lets go when the block ends,
+    unless the block killed it. Yields its pid."""
+    ready, release = os.pipe(), os.pipe()
+    holder = os.fork()
+    if holder == 0:
+        os.close(ready[0])
+        os.close(release[1])
+        with journal.vms_lock(5):
+            os.write(ready[1], b"x")
+            os.read(release[0], 1)
+        os._exit(0)
+    os.close(ready[1])
+    os.close(release[0])
+    try:
+        assert os.read(ready[0], 1) == b"x"
+        yield holder
+    finally:
+        with contextlib.suppress(BrokenPipeError):  # a holder the block killed reads no more
+            os.write(release[1], b"x")
+        os.waitpid(holder, 0)
 
 
 def test_the_vms_lock_waits_for_its_holder_then_refuses_naming_how_to_find_it(tmp_path):
     journal = jr.Journal(str(tmp_path / "state"))
     journal.ensure()
-    ready, release = os.pipe(), os.pipe()
-    holder = os.fork()
-    if holder == 0:
-        _hold_vms_lock(journal.state_dir, ready, release)
-    os.close(ready[1])
-    os.close(release[0])
-    try:
-        assert os.read(ready[0], 1) == b"x"
+    with another_holder(journal):
         busy = r"another save or restore of this host.s VMs .* still runs after \d+ s"
         with pytest.raises(JournalError, match=busy) as refused, journal.vms_lock(0.3):
             pytest.fail("two holders of the VM lock")
         assert "fuser -v %s" % os.path.join(journal.state_dir, jr.VMS_LOCK) in refused.value.fix
-    finally:
-        os.write(release[1], b"x")
-        os.waitpid(holder, 0)
     with journal.vms_lock(1):  # released with its holder
         pass
 
@@ -144,14 +150,7 @@ def test_the_vms_lock_waits_for_its_holder_then_refuses_naming_how_to_find_it(tm
 def test_the_vms_lock_of_a_killed_holder_is_free_at_once(tmp_path):
     journal = jr.Journal(str(tmp_path / "state"))
     journal.ensure()
-    ready, release = os.pipe(), os.pipe()
-    holder = os.fork()
-    if holder == 0:
-        _hold_vms_lock(journal.state_dir, ready, release)
-    os.close(ready[1])
-    os.close(release[0])
-    assert os.read(ready[0], 1) == b"x"
-    os.kill(holder, 9)
-    os.waitpid(holder, 0)
-    with journal.vms_lock(1):  # the kernel drops a dead process's flock
-        pass
+    with another_holder(journal) as holder:
+        os.kill(holder, signal.SIGKILL)
+        with journal.vms_lock(1):  # the kernel drops a dead process's flock, before anyone reaps it
+            pass
