@@ -12,6 +12,10 @@ writes it to bench/results/latest.md, for the README.
 4. The same vm_relaunch for a real Debian guest (lab.linux_guest: virtio-blk,
    virtio-net, its agent, whose clock is set after the RESUME), next to the
    boot-sector test guest of 3.
+5. The boot unit's own part at this machine's top level: two VMs saved for a
+   planned kexec, then the entry point that restore_unit installs, run as on
+   that kexec's boot (lab.planned_boot), from its process start to the last
+   VM's RESUME. In the kexec lab the same part runs under double emulation.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from typing import Any, Callable, Dict, List
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / ".dev-collections")]
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token  # noqa: E402
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host  # noqa: E402
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, save_host  # noqa: E402
 from lab.linux_guest import LinuxVm, ensure_image  # noqa: E402
+from lab.planned_boot import host_venv, run_entry_point  # noqa: E402
 from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -166,6 +172,38 @@ def real_guest_relaunch(base: Path) -> List[Dict[str, Any]]:
              "blackout_s": statistics.median(blackouts)}]
 
 
+def boot_unit_part(base: Path, disk: Path) -> List[Dict[str, Any]]:
+    """5. Unit start (here: the entry point's process start) to the last RESUME, for a host of two VMs."""
+    venv = host_venv(base / "unit-venv")
+    parts = []
+    for run in range(REPEATS):
+        host = base / ("unit-host-%d" % run)
+        qmp_dir, state_dir = host / "qmp", host / "state"
+        vms = [TestVm("unit%d" % index, qmp_dir, disk).start() for index in (1, 2)]
+        nonces = {vm.name: vm.wait_booted().nonce for vm in vms}
+        token = boot_restore.ensure(boot_restore.UnitOptions(venv=str(venv), state_dir=str(state_dir),
+                                                             mint_token=True))["token"]
+        # systemd is not PID 1 here, so the token says the unit may not restore; a systemd host's stage says it may
+        token_file = Path(boot_token.token_path(str(state_dir)))
+        token_file.write_text(json.dumps(dict(json.loads(token_file.read_text()), restore_at_boot=True)))
+        # their RAM files on /dev/shm stand in for a devdax device: this machine never really reboots
+        saved = save_host(SaveOptions(qmp_dir=str(qmp_dir), state_dir=str(state_dir), reboot_method="kexec",
+                                      persistent_paths=["/dev/shm"]))
+        if not saved["restore_token_armed"]:
+            raise SystemExit("the save armed no restore token: another QEMU runs on this machine")
+        started = time.time()
+        unit = run_entry_point(venv, state_dir, token, host)
+        if unit.returncode != 0:
+            raise SystemExit("the boot unit's entry point failed: %s%s" % (unit.stdout, unit.stderr))
+        resumed = [json.loads((state_dir / (vm.name + ".json")).read_text())["resumed_at"] for vm in vms]
+        parts.append(max(resumed) - started)
+        for vm in vms:
+            check_resumed(vm, nonces[vm.name])
+        kill_all(host)
+    return [{"case": "boot unit, 2 VMs: entry point start to last RESUME (the lab's \"ours\")",
+             "restore_s": statistics.median(parts)}]
+
+
 def fmt(value: Any, unit: str = "s") -> str:
     if value is None:
         return "-"
@@ -179,7 +217,9 @@ def main() -> int:
     disk = guest_disk(ROOT / "build" / "cache")
     base = Path(tempfile.mkdtemp(prefix="lu-bench-", dir="/tmp"))
     try:
-        rows = big_vm(base, disk) + many_vms(base, disk) + blackout_by_path(base, disk) + real_guest_relaunch(base)
+        # the boot unit's first: its save arms the restore token only with no other QEMU running on the machine
+        rows = (boot_unit_part(base, disk) + big_vm(base, disk) + many_vms(base, disk) + blackout_by_path(base, disk)
+                + real_guest_relaunch(base))
     finally:
         kill_all(base)
         shutil.rmtree(base, ignore_errors=True)

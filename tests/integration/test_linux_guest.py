@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,11 +17,11 @@ from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
-import qemu.qmp
 from ansible_run import ROOT, run_module, run_playbook
 
 from lab import local_fleet
 from lab.linux_guest import LinuxVm, ensure_image
+from lab.planned_boot import host_venv, run_entry_point
 from lab.testvm import kill_all, qemu_available
 
 # its clocks are checked to half a second over SSH: `make pytest` runs this file after the others, not beside them
@@ -68,14 +67,6 @@ def linux_lab() -> Iterator[LinuxLab]:
         yield lab
     finally:
         lab.cleanup()
-
-
-def host_venv(venv: Path) -> Path:
-    """A venv like host_prepare's, its qemu.qmp borrowed from the venv running the tests (no index here)."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    borrowed = Path(qemu.qmp.__file__).resolve().parents[2]
-    (next(venv.glob("lib/python*/site-packages")) / "borrowed-qemu-qmp.pth").write_text(str(borrowed) + "\n")
-    return venv
 
 
 def kept(vm: LinuxVm, before: Dict[str, object]) -> Dict[str, object]:
@@ -165,14 +156,7 @@ def test_the_boot_units_entry_point_sets_the_clocks_of_the_guests_it_resumes(lin
     saved = run_module("vm_save", linux_lab.scope(reboot_method="kexec", persistent_paths=["/dev/shm"]))
     assert saved.rc == 0 and saved.result["restore_token_armed"], saved.result
     time.sleep(5)
-    cmdline, boot_id = linux_lab.base / "cmdline", linux_lab.base / "boot_id"
-    cmdline.write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda liveupdate_cpr.restore=%s\n" % token)
-    boot_id.write_text("00000000-0000-4000-8000-%012x\n" % int(time.time()))
-    unit = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-         'mount --bind "$1" /proc/cmdline && mount --bind "$2" /proc/sys/kernel/random/boot_id && shift 2 && exec "$@"',
-         "sh", str(cmdline), str(boot_id), str(venv / "bin" / "liveupdate-cpr-restore"),
-         "--state-dir", str(linux_lab.state_dir)], capture_output=True, text=True, timeout=180, check=False)
+    unit = run_entry_point(venv, linux_lab.state_dir, token, linux_lab.base)
 
     assert unit.returncode == 0, unit.stdout + unit.stderr
     print(unit.stdout)
