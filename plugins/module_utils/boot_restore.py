@@ -224,11 +224,14 @@ def entry_script(venv: str) -> str:
 def unit_text(venv: str, state_dir: str) -> str:
     return """[Unit]
 Description=liveupdate.cpr: resume the VMs saved for this boot's planned kexec
-# As early as is safe: once the local filesystems, the state dir's and the venv's among them, are mounted, and
-# journald can take its log. The entry point waits, bounded, for each VM's own devices, files, sockets and bridges.
-# No ordering on sshd, the network or multi-user.target, and none of them waits for it (DefaultDependencies=no).
+# As early as is safe: once the root filesystem is writable (systemd-remount-fs), the state dir's and the venv's
+# mounts are up, and journald can take its log. Not after the whole local-fs.target: Python's start-up overlaps the
+# rest of it, and each guest's QEMU, in a unit of its own, still starts after local-fs.target (the static device
+# nodes, /dev/net/tun among them, are made before it). The entry point waits, bounded, for each VM's own devices,
+# files, sockets and bridges. No ordering on sshd, the network or multi-user.target, and none of them waits for it
+# (DefaultDependencies=no).
 DefaultDependencies=no
-After=local-fs.target systemd-journald.socket
+After=systemd-remount-fs.service systemd-journald.socket
 RequiresMountsFor=%(state_dir)s %(venv)s
 Conflicts=shutdown.target
 Before=shutdown.target

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token, guest_agent, qemu_argv, restore
+from ansible_collections.liveupdate.cpr.plugins.module_utils import (
+    boot_restore,
+    boot_token,
+    guest_agent,
+    launcher,
+    qemu_argv,
+    restore,
+)
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import RestoreError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.version import COLLECTION_VERSION
@@ -244,6 +251,9 @@ def test_the_unit_is_ordered_early_and_on_nothing_that_waits_for_the_network_or_
     for late in ("ssh", "network", "multi-user"):
         assert late not in ordering
     assert unit["Unit"]["DefaultDependencies"] == "no", "else multi-user.target would be ordered after it"
+    # the root filesystem writable, not the whole of local-fs.target: the guests' own units wait for that
+    assert unit["Unit"]["After"].split() == ["systemd-remount-fs.service", "systemd-journald.socket"]
+    assert "After=local-fs.target systemd-journald.socket" in launcher.EARLY_BOOT_PROPERTIES
     assert unit["Unit"]["RequiresMountsFor"] == "/var/lib/liveupdate-cpr /opt/liveupdate-cpr/venv"
     assert unit["Service"]["Type"] == "oneshot"
     assert unit["Service"]["ExecStart"] == (
