@@ -60,14 +60,19 @@ def assert_private(path: Path, mode: int) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == mode, "%s has mode %o" % (path, stat.S_IMODE(path.stat().st_mode))
 
 
-def release_fifo(fifo: Path) -> bool:
-    """Give every reader of fifo EOF; False when none is left (a reader's own timeout ended it). Never blocks, as a
-    plain open for writing would with no reader."""
-    try:
-        fd = os.open(str(fifo), os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return False
-        raise
-    os.close(fd)
-    return True
+def release_fifo(fifo: Path, timeout: float) -> bool:
+    """Give every reader of fifo EOF, once there is one (a held command may not have opened it yet); False when none
+    came within timeout (or its own timeout had already ended it). A plain open for writing would wait forever."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(str(fifo), os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+            continue
+        os.close(fd)
+        return True

@@ -195,7 +195,7 @@ def test_the_controller_killed_before_anything_pauses_loses_nothing_and_a_rerun_
         assert qemu_pids(lab.base)["hv1-vm1"] != pids["hv1-vm1"], "saved and restored by the rerun"
         assert not (lab.state / "rollout.lock").exists()
         # what the killed run left on the host: its update command, still waiting; released, it changes nothing
-        release_fifo(lab.fifo)
+        release_fifo(lab.fifo, timeout=10)  # it has held the fifo open since before the kill, unless its timeout ended
         wait_for("the orphaned update command to end", lambda: not any(os.path.exists("/proc/%d" % p) for p in held))
         assert qemu_pids(lab.base) == {"hv1-vm1": qemu_pids(lab.base)["hv1-vm1"]}
         lab.assert_all_resumed()

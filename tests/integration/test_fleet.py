@@ -76,7 +76,7 @@ def wait_for_lock(lock: Path, phase: str, timeout: float = 120.0) -> dict:
 
 
 def release(fifo: Path, process: subprocess.Popen) -> str:
-    release_fifo(fifo)
+    release_fifo(fifo, timeout=150)  # the held rollout opens it once its stage runs the update command
     return process.communicate(timeout=300)[0]
 
 
