@@ -35,11 +35,11 @@ from typing import Any, Callable, Dict, List
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / ".dev-collections")]
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore, boot_token  # noqa: E402
+from ansible_collections.liveupdate.cpr.plugins.module_utils import boot_restore  # noqa: E402
 from ansible_collections.liveupdate.cpr.plugins.module_utils.restore import RestoreOptions, restore_host  # noqa: E402
 from ansible_collections.liveupdate.cpr.plugins.module_utils.save import SaveOptions, save_host  # noqa: E402
 from lab.linux_guest import LinuxVm, ensure_image  # noqa: E402
-from lab.planned_boot import host_venv, run_entry_point  # noqa: E402
+from lab.planned_boot import allow_restore_at_boot, host_venv, run_entry_point  # noqa: E402
 from lab.testvm import TestVm, guest_disk, kill_all, probe, qemu_available  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -181,11 +181,8 @@ def boot_unit_part(base: Path, disk: Path) -> List[Dict[str, Any]]:
         qmp_dir, state_dir = host / "qmp", host / "state"
         vms = [TestVm("unit%d" % index, qmp_dir, disk).start() for index in (1, 2)]
         nonces = {vm.name: vm.wait_booted().nonce for vm in vms}
-        token = boot_restore.ensure(boot_restore.UnitOptions(venv=str(venv), state_dir=str(state_dir),
-                                                             mint_token=True))["token"]
-        # systemd is not PID 1 here, so the token says the unit may not restore; a systemd host's stage says it may
-        token_file = Path(boot_token.token_path(str(state_dir)))
-        token_file.write_text(json.dumps(dict(json.loads(token_file.read_text()), restore_at_boot=True)))
+        boot_restore.ensure(boot_restore.UnitOptions(venv=str(venv), state_dir=str(state_dir), mint_token=True))
+        token = allow_restore_at_boot(state_dir)["token"]
         # their RAM files on /dev/shm stand in for a devdax device: this machine never really reboots
         saved = save_host(SaveOptions(qmp_dir=str(qmp_dir), state_dir=str(state_dir), reboot_method="kexec",
                                       persistent_paths=["/dev/shm"]))

@@ -7,10 +7,12 @@ real: the entry point that restore_unit installs into a host venv, the journal, 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 import qemu.qmp
 
@@ -21,6 +23,15 @@ def host_venv(venv: Path) -> Path:
     borrowed = Path(qemu.qmp.__file__).resolve().parents[2]
     (next(venv.glob("lib/python*/site-packages")) / "borrowed-qemu-qmp.pth").write_text(str(borrowed) + "\n")
     return venv
+
+
+def allow_restore_at_boot(state_dir: Path) -> Dict[str, Any]:
+    """systemd is not PID 1 here, so restore_unit mints a token that says the unit may not restore; turn it on, as
+    a systemd host's stage mints it. Returns the token as it was minted."""
+    token_file = state_dir / ".restore-token"  # boot_token.TOKEN_NAME
+    minted: Dict[str, Any] = json.loads(token_file.read_text())
+    token_file.write_text(json.dumps(dict(minted, restore_at_boot=True)))
+    return minted
 
 
 def run_entry_point(venv: Path, state_dir: Path, token: str, scratch: Path,
