@@ -97,6 +97,14 @@ def kill_controller(playbook: subprocess.Popen) -> List[int]:  # type: ignore[ty
     return pids
 
 
+def bytes_read(pid: int) -> int:
+    """How many bytes the process has read so far, by every read call (/proc/PID/io's rchar)."""
+    for line in Path("/proc/%d/io" % pid).read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise ValueError("/proc/%d/io has no rchar line" % pid)
+
+
 def banners(console: Path) -> int:
     try:
         return console.read_bytes().count(BANNER)

@@ -161,6 +161,28 @@ def vms_lock_holder(state_dir: str) -> Optional[int]:
     return None
 
 
+def vms_lock_waiters(state_dir: str) -> List[int]:
+    """The pids that have STATE_DIR/.vms.lock open without holding it: saves or restores waiting for the holder."""
+    path = os.path.join(state_dir, ".vms.lock")
+    holder = vms_lock_holder(state_dir)
+    waiting = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == holder:
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % entry)
+        except OSError:
+            continue  # gone meanwhile
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (entry, fd)) == path:
+                    waiting.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return waiting
+
+
 def _is_boot_unit(pid: int) -> bool:
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:

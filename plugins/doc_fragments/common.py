@@ -26,6 +26,8 @@ options:
   timeout:
     description:
       - Seconds one VM's migration (save or load) may take before it counts as failed.
+      - Also how long a save, a restore or a plan waits for another save or restore of the host's VMs (a
+        module a killed controller left running, or the boot unit) before it refuses.
     type: int
     default: 600
 requirements:

@@ -187,14 +187,18 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
     # without a kernel to install, an installed kernel can still be the target of a forced cycle: no need to ask
     # the package manager
     kernel = kn.kernel_facts(kn.KernelOptions(version=opts.kernel_version, offered=opts.update_kernel))
-    journal = jr.Journal(opts.state_dir)
-    records = {r["vm"]: r for r in journal.records()}
-    scope = select(opts.qmp_dir, opts.vms, records)
     # apt's own resolver, simulated, in the fleet-wide preflight: a package it cannot have stops the rollout here
     qemu = qp.plan_apt(opts.qemu_target_release, opts.qemu_packages) \
         if opts.update_qemu and opts.qemu_by_package and kn.family() == "debian" else None
-    with carrying(scope.secrets):
-        return _plan_in_scope(opts, kernel, journal, records, scope, qemu)
+    journal = jr.Journal(opts.state_dir)
+    # A save or restore still running here (a module a killed controller left, or the boot unit) holds the VMs'
+    # monitors and changes their records: the plan waits for it, as the save and the restore do, and plans on what
+    # it leaves.
+    with journal.vms_lock(opts.timeout, create=False):
+        records = {r["vm"]: r for r in journal.records()}
+        scope = select(opts.qmp_dir, opts.vms, records)
+        with carrying(scope.secrets):
+            return _plan_in_scope(opts, kernel, journal, records, scope, qemu)
 
 
 def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journal, records: Dict[str, Dict[str, Any]],

@@ -158,11 +158,15 @@ class Journal:
         return record
 
     @contextlib.contextmanager
-    def vms_lock(self, timeout: float) -> Iterator[None]:
+    def vms_lock(self, timeout: float, create: bool = True) -> Iterator[None]:
         """Exclusive over this host's saves and restores, waited for at most ``timeout`` s; released when its
-        process dies."""
+        process dies. ``create=False`` is a reader's wait (the plan's), which writes nothing: where no save or restore
+        ever ran, there is no lock file, and nothing to wait for."""
         path = os.path.join(self.state_dir, VMS_LOCK)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if not create and not os.path.exists(path):
+            yield
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if create else os.open(path, os.O_RDONLY)
         try:
             def taken() -> bool:
                 try:

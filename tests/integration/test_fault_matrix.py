@@ -243,6 +243,36 @@ def test_the_controller_and_its_restore_killed_mid_restore_keep_the_vm_saved_and
         assert lab.record("hv1-vm1")["phase"] == "restored" and not (lab.state / "hv1-vm1.state").exists()
 
 
+def test_the_controller_killed_mid_save_leaves_its_save_running_which_the_rerun_waits_for_and_takes_up(disk):
+    """What a controller's death really leaves on the host: its module, which runs on. The rerun's save waits on the
+    host's VM lock while the orphan finishes; then it finds the VM saved and the rollout goes on from there."""
+    with one_host() as lab:
+        lab.vm("hv1-vm1", slow_save=True)
+        pid = qemu_pids(lab.base)["hv1-vm1"]
+        first = lab.start()
+        orphan = stop_module_in(lab, "hv1-vm1", "saving")
+        killed = kill_controller(first)
+        rerun = lab.start()
+        try:
+            waiting = wait_for("the rerun's module on the VM lock", lambda: inside.vms_lock_waiters(str(lab.state))
+                               or rerun.poll() is not None, timeout=WAIT, interval=0.1)
+            assert rerun.poll() is None, "the rerun ended without waiting: %s" % rerun.communicate()[0][-4000:]
+            assert orphan not in waiting and lab.record("hv1-vm1")["phase"] == "saving", "the orphan still holds it"
+            os.kill(orphan, signal.SIGCONT)
+            output = rerun.communicate(timeout=600)[0]
+        finally:
+            if rerun.poll() is None:
+                kill_controller(rerun)
+
+        assert rerun.returncode == 0, output[-4000:]
+        assert_took_over(output, killed)
+        lab.assert_all_resumed()
+        record = lab.record("hv1-vm1")
+        assert record["phase"] == "restored" and qemu_pids(lab.base)["hv1-vm1"] != pid, record
+        assert not (lab.state / "hv1-vm1.state.partial").exists(), "the orphan's finished save was used, not redone"
+        assert lab.report()["hosts"][0]["status"] == "updated"
+
+
 # -- faults on the host ---------------------------------------------------------------------------------------------
 def test_qemu_killed_during_its_restore_keeps_the_vm_saved_reports_it_and_a_rerun_restores_it(disk):
     """After the new QEMU's launch, before migrate-incoming completes."""
@@ -253,7 +283,12 @@ def test_qemu_killed_during_its_restore_keeps_the_vm_saved_reports_it_and_a_reru
         wait_for("journal record in phase restoring", lambda: lab.record("hv1-vm1").get("phase") == "restoring")
         new = wait_for("the restoring QEMU", lambda: qemu_pids(lab.base).get("hv1-vm1") not in (None, old)
                        and qemu_pids(lab.base)["hv1-vm1"])
+        # frozen, then measured, then killed: the load reads the whole state file, so a QEMU that has read less in
+        # all cannot have completed its migrate-incoming
+        os.kill(new, signal.SIGSTOP)
+        read, size = faults.bytes_read(new), (lab.state / "hv1-vm1.state").stat().st_size
         os.kill(new, signal.SIGKILL)
+        assert read < size, "the fault landed too late: QEMU had read %d bytes, its state file has %d" % (read, size)
         output = first.communicate(timeout=600)[0]
 
         assert first.returncode != 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List
@@ -169,6 +171,33 @@ def test_a_restore_after_an_unplanned_reboot_of_memmap_ram_is_refused_before_any
 def test_vms_saved_in_this_boot_finish_their_cycle(tmp_path, monkeypatch):
     plan = planned(tmp_path, monkeypatch, records=[{"vm": "web1", "phase": jr.SAVED, "boot_id": "b1"}])[0]
     assert plan["action"] == "finish_cycle" and plan["awaiting_restore"] == ["web1"]
+
+
+def test_the_plan_waits_for_a_save_still_running_on_the_host_and_plans_on_what_it_leaves(tmp_path, monkeypatch):
+    """A save a killed controller left running holds the VM lock and the VM's monitor: the rerun's plan waits for it
+    (as the save and the restore do), then finds the VM saved, not a VM it cannot talk to."""
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+    holding = threading.Event()
+
+    def orphaned_save() -> None:
+        with journal.vms_lock(5):
+            holding.set()
+            time.sleep(0.3)
+            journal.write({"vm": "web1", "phase": jr.SAVED, "boot_id": "b1", "state_file": journal.state_path("web1")})
+    orphan = threading.Thread(target=orphaned_save)
+    orphan.start()
+    try:
+        assert holding.wait(5)
+        plan = planned(tmp_path, monkeypatch)[0]
+    finally:
+        orphan.join()
+    assert plan["action"] == "finish_cycle" and plan["awaiting_restore"] == ["web1"]
+
+
+def test_a_plan_where_nothing_was_ever_saved_writes_no_lock_file(tmp_path, monkeypatch):
+    planned(tmp_path, monkeypatch, running=["web1"])
+    assert not (tmp_path / "state" / jr.VMS_LOCK).exists()
 
 
 def test_a_running_vm_whose_save_is_unrestored_is_no_resume_but_a_conflict(tmp_path, monkeypatch):
