@@ -13,6 +13,7 @@ scenario, which reboots for real.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -264,7 +265,8 @@ def test_the_controller_killed_mid_save_leaves_its_save_running_which_the_rerun_
             if rerun.poll() is None:
                 kill_controller(rerun)
             if any("AnsiballZ" in word for word in faults.argv_of(orphan)):  # a case that failed early
-                os.kill(orphan, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGKILL)
 
         assert rerun.returncode == 0, output[-4000:]
         assert_took_over(output, killed)
