@@ -18,6 +18,7 @@ import traceback
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
+from ansible_collections.liveupdate.cpr.plugins.module_utils.journal import VMS_LOCK
 from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import Deadline, wait_until
 
 QMP_IMPORT_ERROR: Optional[str]
@@ -58,6 +59,23 @@ def monitor_clients(path: str) -> List[Tuple[int, str]]:
                 if int(pid) != os.getpid():
                     found.append((int(pid), name))
     return sorted(set(found))
+
+
+def vms_lock_open_in(pid: int) -> Optional[str]:
+    """The path of a host's VM lock (STATE_DIR/.vms.lock) that pid has open, if any: then pid is a save, a restore
+    or the boot unit of this collection, which holds the VM's monitor while it moves the VM's state."""
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue  # closed meanwhile
+        if os.path.basename(target) == VMS_LOCK:
+            return target
+    return None
 
 
 class QmpSession:
@@ -110,6 +128,14 @@ class QmpSession:
         self.close()
         if isinstance(exc, QmpError):  # our timeout: something listens but never greets as QMP
             holders = monitor_clients(self.socket_path)
+            ours = [(pid, lock) for pid, lock in ((pid, vms_lock_open_in(pid)) for pid, _name in holders) if lock]
+            if ours:
+                pid, lock = ours[0]
+                raise QmpError(
+                    "%s is held by pid %d, a save or restore of this collection (it has %s open), perhaps one a "
+                    "killed controller left running." % (self.socket_path, pid, lock), self.vm, self.socket_path,
+                    fix="wait for pid %d to finish (do not stop it: it is moving the VM's state; `fuser -v %s` shows "
+                        "it while it runs), then run again." % (pid, lock)) from exc
             held = "; it is held by %s" % ", ".join("%s (pid %d)" % (name, pid) for pid, name in holders) \
                 if holders else ""
             raise QmpError(

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 from engine_fakes import qemu as fake_qemu
 
-from ansible_collections.liveupdate.cpr.plugins.module_utils import qmp, scope
+from ansible_collections.liveupdate.cpr.plugins.module_utils import journal, qmp, scope
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError, ScopeError
 
 
@@ -149,3 +149,16 @@ def test_the_clients_of_a_monitor_socket_are_read_from_ss(monkeypatch):
     monkeypatch.setattr(qmp.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, listing, ""))
     assert qmp.monitor_clients("/run/qemu/web1.qmp") == [(77, "virt-top"), (78, "virt-top")]
     assert qmp.monitor_clients("/run/qemu/other.qmp") == []
+
+
+def test_a_monitor_held_by_a_save_of_ours_says_to_wait_for_it_not_to_stop_it(monkeypatch, tmp_path):
+    """A save or restore a killed controller left running holds the VM's monitor and the host's VM lock."""
+    lock = tmp_path / journal.VMS_LOCK
+    with open(lock, "w"):  # this process, as the save that has the lock open
+        assert qmp.vms_lock_open_in(os.getpid()) == str(lock)
+        monkeypatch.setattr(qmp, "monitor_clients", lambda path: [(os.getpid(), "python")])
+        session = qmp.QmpSession("/run/qemu/web1.qmp", "web1", connect_timeout=0.1)
+        with pytest.raises(QmpError, match=r"held by pid %d, a save or restore of this collection" % os.getpid()) as held:
+            session._connect_failed(QmpError("no greeting", "web1", "/run/qemu/web1.qmp"))
+    assert "do not stop it" in held.value.fix and "fuser -v %s" % lock in held.value.fix
+    assert qmp.vms_lock_open_in(os.getpid()) is None
