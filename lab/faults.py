@@ -188,9 +188,10 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
     host = lab.host(host_name)
     boot_before = lab.boot_id(host)
     with rollout_started(rollout) as playbook:
-        # blocks on the host until a module holds the VM lock, then stops it there: the fault lands inside the task
-        stopped = json.loads(lab.run(host, "python3", INSIDE_DIR + "/inside.py", "stop-module", "--timeout",
-                                     str(int(WAIT) - 30), timeout=WAIT))
+        # blocks on the host until the save holds the VM lock (a VM's record says saving: the plan holds the lock
+        # too), then stops it there: the fault lands inside the save's task
+        stopped = json.loads(lab.run(host, "python3", INSIDE_DIR + "/inside.py", "stop-module", "--phase", "saving",
+                                     "--timeout", str(int(WAIT) - 30), timeout=WAIT))
         lab.set_link(host, up=False)
         cut_at = time.time()
         try:

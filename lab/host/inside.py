@@ -6,7 +6,7 @@
     python3 inside.py start --host hv3 --vms 1 --first 3 --client-socket /var/lib/liveupdate-lab/peer.sock
     python3 inside.py serve --client-socket /var/lib/liveupdate-lab/peer.sock
                                                     # one more guest, a client of a socket that only this boot serves
-    python3 inside.py stop-module                   # SIGSTOP the module that holds the VM lock, once one does
+    python3 inside.py stop-module [--phase saving]  # SIGSTOP the module that holds the VM lock, once one does
 
 Standard library only: it runs before host_prepare has installed anything.
 """
@@ -192,7 +192,8 @@ def _is_boot_unit(pid: int) -> bool:
 
 
 def stop_module(state_dir: str, vm: str = "", phase: str = "", timeout: float = 600) -> Dict[str, Any]:
-    """SIGSTOP the module holding the VM lock, once one does (and once vm's record is in phase, when given).
+    """SIGSTOP the module holding the VM lock, once one does (and once vm's record, or without vm any record, is in
+    phase, when given: the plan holds the lock too, while it reads the VMs, and a save is known by its records).
 
     Polled every 5 ms on the host itself, so that the stop lands within a module that runs for well under a second.
     The restore unit of this boot, which may still hold the lock for its guests' clocks, is not a module: left alone.
@@ -202,12 +203,13 @@ def stop_module(state_dir: str, vm: str = "", phase: str = "", timeout: float = 
         module = vms_lock_holder(state_dir)
         if module and _is_boot_unit(module):
             module = None
-        if module and (not phase or records(state_dir).get(vm) == phase):
+        phases = records(state_dir)
+        if module and (not phase or (phases.get(vm) == phase if vm else phase in phases.values())):
             os.kill(module, signal.SIGSTOP)
             return {"pid": module, "records": records(state_dir)}
         time.sleep(0.005)
     raise TimeoutError("no module held %s/.vms.lock%s within %d s" % (
-        state_dir, " with %s in phase %s" % (vm, phase) if phase else "", timeout))
+        state_dir, " with %s in phase %s" % (vm or "a VM", phase) if phase else "", timeout))
 
 
 def main() -> int:
@@ -221,13 +223,14 @@ def main() -> int:
     parser.add_argument("--client-socket", default="", help="serve this socket now, and make the VMs its clients")
     parser.add_argument("--state-dir", default=STATE_DIR, help="stop-module: the collection's state dir")
     parser.add_argument("--timeout", type=float, default=600, help="stop-module: how long to wait for a module")
+    parser.add_argument("--phase", default="", help="stop-module: only once a VM's journal record is in this phase")
     args = parser.parse_args()
     if args.action == "pmem":
         result: Any = pmem()
     elif args.action == "start":
         result = start(args.host, args.vms, args.ram_mb, args.shm, args.first, args.client_socket)
     elif args.action == "stop-module":
-        result = stop_module(args.state_dir, timeout=args.timeout)
+        result = stop_module(args.state_dir, phase=args.phase, timeout=args.timeout)
     elif args.action == "serve":  # the socket a client VM needs, back on this boot (a backend restarted)
         serve_socket(args.client_socket)
         result = {"serving": args.client_socket}
