@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import yaml
@@ -54,3 +55,44 @@ def test_report_blackout_must_match_the_guests_own_stall():
     midnight = {"blackout_seconds": 10.0, "resumed_at": 1_700_006_400.5}   # 00:00:00.5 UTC
     assert stall_agreement(midnight, {"longest_stall": 10, "longest_stall_ended": 86399})["ok"]
     assert not stall_agreement({}, seen)["ok"]
+
+
+def test_the_lab_stops_the_save_not_the_plan_that_holds_the_vm_lock_first(tmp_path):
+    """The plan holds the host's VM lock while it reads the VMs, and so does the save: `stop-module --phase saving`
+    waits, past a holder whose VMs are not being saved, for the one whose VM's record says saving."""
+    import fcntl
+    import json
+    import multiprocessing
+    import os
+    import signal
+
+    from lab.faults import wait_for
+    from lab.host import inside
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "web1.json").write_text(json.dumps({"phase": "restored"}))
+    ready = multiprocessing.Event()
+
+    def holder() -> None:  # as a module: holds the lock, and after a while writes a record in phase saving
+        fd = os.open(str(state / ".vms.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        ready.set()
+        time.sleep(0.5)
+        (state / "web1.json").write_text(json.dumps({"phase": "saving"}))
+        time.sleep(30)
+
+    process = multiprocessing.Process(target=holder)
+    process.start()
+    try:
+        assert ready.wait(10)
+        assert inside.vms_lock_waiters(str(state)) == []
+        started = time.monotonic()
+        stopped = inside.stop_module(str(state), phase="saving", timeout=10)
+        assert stopped == {"pid": process.pid, "records": {"web1": "saving"}}
+        assert time.monotonic() - started >= 0.3, "not stopped while its record still said restored"
+        wait_for("the module stopped", lambda: Path("/proc/%d/stat" % process.pid).read_text().rsplit(")", 1)[1].split()[0]
+                 == "T", timeout=10)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
