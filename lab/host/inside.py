@@ -191,6 +191,10 @@ def _is_boot_unit(pid: int) -> bool:
         return False
 
 
+def _in_phase(phases: Dict[str, str], vm: str, phase: str) -> bool:
+    return phases.get(vm) == phase if vm else phase in phases.values()
+
+
 def stop_module(state_dir: str, vm: str = "", phase: str = "", timeout: float = 600) -> Dict[str, Any]:
     """SIGSTOP the module holding the VM lock, once one does (and once vm's record, or without vm any record, is in
     phase, when given: the plan holds the lock too, while it reads the VMs, and a save is known by its records).
@@ -203,8 +207,7 @@ def stop_module(state_dir: str, vm: str = "", phase: str = "", timeout: float = 
         module = vms_lock_holder(state_dir)
         if module and _is_boot_unit(module):
             module = None
-        phases = records(state_dir)
-        if module and (not phase or (phases.get(vm) == phase if vm else phase in phases.values())):
+        if module and (not phase or _in_phase(records(state_dir), vm, phase)):
             os.kill(module, signal.SIGSTOP)
             return {"pid": module, "records": records(state_dir)}
         time.sleep(0.005)
