@@ -107,13 +107,6 @@ molecule: setup
 molecule-kexec: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name kexec
 
-# The same scenario with hv1's fault chain (molecule/kexec/faults.yml: the SSH cut mid-save, the rerun killed before
-# its jump, the next killed in its reboot wait, each taken up by a rerun). Beside hv3's chain it made the scenario
-# 36 min against about 21 (2026-12-06, a fresh clone), so it is not part of `make test`.
-.PHONY: molecule-kexec-faults
-molecule-kexec-faults: setup
-	LIVEUPDATE_LAB_FAULTS=1 PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name kexec
-
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.host.demo $(DEMO_ARGS)
 
