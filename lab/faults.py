@@ -33,6 +33,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 BANNER = b"Linux version "
 WAIT = 600.0
+# a rollout's way to its save or jump: on three busy TCG lab hosts a kernel install alone took 264 s, and the stage
+# before a jump about 10 minutes in all
+REACH = 1800.0
+LOCK_POLL = 3.0
 # the raw command of roles/kexec/tasks/reboot.yml's step right before the jump, on its worker's ssh command line
 FLUSH_BEFORE_THE_JUMP = "sync && date +%s.%N"
 
@@ -118,6 +122,13 @@ def rollout_started(rollout: Sequence[str]) -> Iterator[subprocess.Popen[str]]:
     playbook = subprocess.Popen(list(rollout), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         yield playbook
+    except BaseException:
+        # the fault did not land: what the rollout was doing is the first thing to read
+        if playbook.poll() is None:
+            kill_controller(playbook)
+        output = playbook.communicate(timeout=60)[0] or ""
+        sys.stderr.write("the rollout's output, its last 8000 characters:\n%s\n" % output[-8000:])
+        raise
     finally:
         if playbook.poll() is None:
             kill_controller(playbook)
@@ -133,17 +144,20 @@ def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str])
     booted = banners(console)
     with rollout_started(rollout) as playbook:
         lock: Dict[str, Any] = {}
+        lock_read_at = [0.0]
 
         def jumped() -> bool:
             if banners(console) > booted:
                 return True
             # the lock's last refresh before the jump is the save's (none inside the blackout); from then on only
-            # the console is watched, so that no SSH call to a host going down delays the kill
-            if lock.get("phase") != "save":
+            # the console is watched, so that no SSH call to a host going down delays the kill. Every few seconds
+            # only: each SSH login costs the busy TCG host CPU that its own rollout needs.
+            if lock.get("phase") != "save" and time.monotonic() - lock_read_at[0] >= LOCK_POLL:
+                lock_read_at[0] = time.monotonic()
                 seen = lab.run(host, "cat", "/var/lib/liveupdate-cpr/rollout.lock", check=False, timeout=20)
                 lock.update(json.loads(seen) if seen.startswith("{") else {})
             return False
-        wait_for("jump of %s (a new kernel banner in %s)" % (host_name, console), jumped, interval=0.2)
+        wait_for("jump of %s (a new kernel banner in %s)" % (host_name, console), jumped, REACH, interval=0.2)
         killed_at = time.time()
         if kill == "controller":
             killed = kill_controller(playbook)
@@ -166,7 +180,7 @@ def before_jump(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[s
         def flushing() -> List[int]:
             return [pid for pid, argv in ((pid, argv_of(pid)) for pid in all_pids() if _descends_from(pid, playbook.pid))
                     if "Port=%d" % host.port in argv and any(FLUSH_BEFORE_THE_JUMP in word for word in argv)]
-        ssh = wait_for("flush before the jump of %s" % host_name, flushing)
+        ssh = wait_for("flush before the jump of %s" % host_name, flushing, REACH)
         killed_at = time.time()
         killed = kill_controller(playbook)
         for pid in ssh:  # its last SSH call: whether or not the flush ran, the jump's command is never sent
@@ -191,7 +205,7 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
         # blocks on the host until the save holds the VM lock (a VM's record says saving: the plan holds the lock
         # too), then stops it there: the fault lands inside the save's task
         stopped = json.loads(lab.run(host, "python3", INSIDE_DIR + "/inside.py", "stop-module", "--phase", "saving",
-                                     "--timeout", str(int(WAIT) - 30), timeout=WAIT))
+                                     "--timeout", str(int(REACH) - 30), timeout=REACH))
         lab.set_link(host, up=False)
         cut_at = time.time()
         try:
