@@ -14,8 +14,10 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import stat
 import tempfile
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -91,6 +93,22 @@ def write_json(path: str, data: Dict[str, Any]) -> None:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
+
+
+@contextlib.contextmanager
+def hangup_ignored() -> Iterator[None]:
+    """SIGHUP ignored for the block: a save or restore half done must finish when the controller's SSH session goes,
+    not leave a VM paused mid-migration with nobody to resume it. Without pipelining Ansible runs a module on a pty
+    (ssh -tt), and sshd closing it hangs the terminal up: the kernel sends the session SIGHUP. Only the main thread
+    may set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class Journal:
@@ -181,7 +199,8 @@ class Journal:
                                    fix="wait for it (`fuser -v %s` names its process; journalctl -u "
                                        "liveupdate-cpr-restore.service shows the boot unit's progress), then run "
                                        "the rollout again." % path)
-            yield
+            with contextlib.nullcontext() if not create else hangup_ignored():
+                yield
         finally:
             os.close(fd)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import signal
 import stat
 
@@ -154,3 +155,41 @@ def test_the_vms_lock_of_a_killed_holder_is_free_at_once(tmp_path):
         os.kill(holder, signal.SIGKILL)
         with journal.vms_lock(1):  # the kernel drops a dead process's flock, before anyone reaps it
             pass
+
+
+def test_a_holder_of_the_vms_lock_outlives_the_hangup_of_its_terminal(tmp_path):
+    """A save or restore must not die halfway when the controller's SSH session goes. Without pipelining Ansible runs
+    a module on a pty (ssh -tt): sshd closing it hangs the terminal up, and the kernel sends the session SIGHUP. The
+    module then finishes with nobody to answer to. Here the session is the holder's own, on a real pty."""
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+    ready, release = os.pipe(), os.pipe()
+    holder, terminal = pty.fork()  # the holder leads a new session whose controlling terminal is the pty
+    if holder == 0:
+        with journal.vms_lock(5):
+            os.write(ready[1], b"x")
+            os.read(release[0], 1)
+        os._exit(7)
+    assert os.read(ready[0], 1) == b"x"
+    os.close(terminal)  # as sshd does when its client is gone: the terminal hangs up
+    os.write(release[1], b"x")
+    _pid, status = os.waitpid(holder, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 7, (
+        "the hangup killed the holder (signal %s)" % (os.WTERMSIG(status) if os.WIFSIGNALED(status) else None))
+
+
+def test_the_vms_lock_gives_back_the_hangup_handler_it_found(tmp_path):
+    journal = jr.Journal(str(tmp_path / "state"))
+    journal.ensure()
+
+    def handler(_signum, _frame):
+        raise AssertionError("not called")
+    previous = signal.signal(signal.SIGHUP, handler)
+    try:
+        with journal.vms_lock(1):
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is handler
+        with journal.vms_lock(1, create=False):  # a reader's wait: the plan may be stopped like any reader
+            assert signal.getsignal(signal.SIGHUP) is handler
+    finally:
+        signal.signal(signal.SIGHUP, previous)
