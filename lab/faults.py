@@ -214,12 +214,18 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
         finally:
             lab.set_link(host, up=True)
     lab.wait_ssh(host, timeout=120)
+    # evidence of what ends the orphan: its signal state as it is let go (a pending SIGHUP shows in SigPnd/ShdPnd),
+    # and the host's journal from the cut on (the kernel's, systemd-logind's) once it is gone
+    signals = lab.run(host, "grep", "-E", "^(State|PPid|SigPnd|ShdPnd|SigBlk|SigIgn)", "/proc/%d/status" % stopped["pid"],
+                      check=False)
     lab.run(host, "kill", "-CONT", str(stopped["pid"]))
     wait_for("end of the module %d on %s" % (stopped["pid"], host_name), lambda: lab.run(
         host, "sh", "-c", "kill -0 %d 2>/dev/null || echo gone" % stopped["pid"]).strip() == "gone", interval=1)
+    journal = lab.run(host, "journalctl", "--no-pager", "-o", "short-monotonic", "--since", "@%d" % int(cut_at - 60),
+                      check=False, timeout=60)
     return {"host": host_name, "stopped": stopped, "cut_at": cut_at, "rollout_ended_at": ended_at,
             "boot_id_before": boot_before, "boot_id_after": lab.boot_id(host), "rc": playbook.returncode,
-            "output": output}
+            "module_signals_when_let_go": signals, "host_journal_since_the_cut": journal[-8000:], "output": output}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
