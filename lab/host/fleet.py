@@ -282,12 +282,15 @@ def _signal(host: LabHost, signum: int) -> bool:
 
 
 def _alive(host: LabHost) -> bool:
-    """Its QEMU runs: not gone, and not a zombie that no init has reaped yet."""
+    """Its QEMU runs: not gone, and not a zombie that no init has reaped yet. A killed QEMU's main thread shows Z
+    while its other threads still exit, holding its files: a new QEMU on its pidfile then fails to lock it."""
     try:
-        stat = Path("/proc/%d/stat" % int(Path(host.pidfile).read_text())).read_text()
+        pid = int(Path(host.pidfile).read_text())
+        stat = Path("/proc/%d/stat" % pid).read_text()
+        threads = os.listdir("/proc/%d/task" % pid)
     except (OSError, ValueError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" or len(threads) > 1
 
 
 def inventory(hosts: Sequence[Tuple[str, int]], key: str, fallback: Sequence[str] = ()) -> Dict[str, Any]:
