@@ -214,8 +214,8 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
         finally:
             lab.set_link(host, up=True)
     lab.wait_ssh(host, timeout=120)
-    # evidence of what ends the orphan: its signal state as it is let go (a pending SIGHUP shows in SigPnd/ShdPnd),
-    # and the host's journal from the cut on (the kernel's, systemd-logind's) once it is gone
+    # evidence of what ends the orphan: its signal state as it is let go (signals pending for it in SigPnd/ShdPnd;
+    # SigIgn shows SIGHUP ignored while it holds the VM lock), and the host's journal from the cut on once it is gone
     signals = lab.run(host, "grep", "-E", "^(State|PPid|SigPnd|ShdPnd|SigBlk|SigIgn)", "/proc/%d/status" % stopped["pid"],
                       check=False)
     lab.run(host, "kill", "-CONT", str(stopped["pid"]))
