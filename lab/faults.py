@@ -223,9 +223,16 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
         host, "sh", "-c", "kill -0 %d 2>/dev/null || echo gone" % stopped["pid"]).strip() == "gone", interval=1)
     journal = lab.run(host, "journalctl", "--no-pager", "-o", "short-monotonic", "--since", "@%d" % int(cut_at - 60),
                       check=False, timeout=60)
+    # each VM's whole record (state_complete says whether its state file was hashed) and which QEMUs still run
+    # (only looked at: a probe would stop and resume the VMs)
+    records = lab.run(host, "python3", "-c", "import glob, json; print(json.dumps({p: json.load(open(p)) for p in "
+                      "glob.glob('/var/lib/liveupdate-cpr/*.json')}))", check=False)
     return {"host": host_name, "stopped": stopped, "cut_at": cut_at, "rollout_ended_at": ended_at,
             "boot_id_before": boot_before, "boot_id_after": lab.boot_id(host), "rc": playbook.returncode,
-            "module_signals_when_let_go": signals, "host_journal_since_the_cut": journal[-8000:], "output": output}
+            "module_signals_when_let_go": signals, "host_journal_since_the_cut": journal[-8000:],
+            "records_after_the_module": records[-8000:],
+            "qemus_after_the_module": lab.run(host, "pgrep", "-a", "qemu-system", check=False),
+            "output": output}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
