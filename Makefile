@@ -40,7 +40,8 @@ $(OLDEST_STAMP): requirements.txt requirements-oldest.txt
 
 venv-oldest: $(OLDEST_STAMP)
 
-# Stops at the first failed stage, as before, and prints every stage's time and the wall clock either way.
+# Stops at the first failed stage, as before, and prints every stage's time and the wall clock either way; after a
+# failure, first what failed (tools/failure_digest.py), as CI keeps only the end of the output.
 test:
 	@tools/stage.sh reset; start=$$(date +%s); rc=0; bg=; \
 	tools/stage.sh run setup $(MAKE) --no-print-directory setup || rc=$$?; \
@@ -60,7 +61,8 @@ test:
 	    tools/stage.sh run "$${stage%%:*}" $(MAKE) --no-print-directory $${stage#*:} || { rc=$$?; break; }; \
 	  done; \
 	fi; \
-	echo; echo "make test: stage times (debian13 and images ran beside lint to sanity-2.16)"; tools/stage.sh table; \
+	echo; [ $$rc -eq 0 ] || tools/stage.sh digest; \
+	echo "make test: stage times (debian13 and images ran beside lint to sanity-2.16)"; tools/stage.sh table; \
 	wall=$$(( $$(date +%s) - start )); printf 'wall clock       %6d s  %5dm%02ds\n' $$wall $$((wall / 60)) $$((wall % 60)); \
 	exit $$rc
 
@@ -100,12 +102,16 @@ pytest: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not alone" --durations=25
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -m alone --durations=10
 
+# COLUMNS: molecule folds each line of a playbook's output at the terminal's width (80 without one), which splits a
+# failed task's JSON result over many lines; unfolded, tools/failure_digest.py can read it back.
+MOLECULE := PATH=$(CURDIR)/$(BIN):$$PATH COLUMNS=100000 $(BIN)/molecule
+
 molecule: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name default
+	$(MOLECULE) test --scenario-name default
 
 # The virtual hypervisor lab's scenario: a real kexec into a newer kernel (the longest stage of `make test`).
 molecule-kexec: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/molecule test --scenario-name kexec
+	$(MOLECULE) test --scenario-name kexec
 
 demo: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m lab.host.demo $(DEMO_ARGS)
