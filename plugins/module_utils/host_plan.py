@@ -109,6 +109,9 @@ class PlanOptions:
     qemu_by_package: bool = True
     qemu_packages: Sequence[str] = ()
     qemu_target_release: str = ""
+    # the package manager's metadata, refreshed first (apt's lists unless younger than package_cache_valid_time)
+    refresh_package_lists: bool = False
+    package_cache_valid_time: float = 3600.0
 
     def save_options(self, reboot_method: str) -> sv.SaveOptions:
         return sv.SaveOptions(qmp_dir=self.qmp_dir, vms=self.vms, state_dir=self.state_dir, reboot_method=reboot_method,
@@ -184,6 +187,8 @@ def plan_row(decision: Decision, kernel: Mapping[str, Any], info: Mapping[str, A
 
 
 def plan_host(opts: PlanOptions) -> Dict[str, Any]:
+    # in this module run rather than apt's own: on a small host each module start-up costs seconds
+    lists = kn.refresh_package_lists(opts.package_cache_valid_time) if opts.refresh_package_lists else None
     # without a kernel to install, an installed kernel can still be the target of a forced cycle: no need to ask
     # the package manager
     kernel = kn.kernel_facts(kn.KernelOptions(version=opts.kernel_version, offered=opts.update_kernel))
@@ -198,7 +203,8 @@ def plan_host(opts: PlanOptions) -> Dict[str, Any]:
         records = {r["vm"]: r for r in journal.records()}
         scope = select(opts.qmp_dir, opts.vms, records)
         with carrying(scope.secrets):
-            return _plan_in_scope(opts, kernel, journal, records, scope, qemu)
+            planned = _plan_in_scope(opts, kernel, journal, records, scope, qemu)
+    return dict(planned, package_lists=lists) if lists is not None else planned
 
 
 def _plan_in_scope(opts: PlanOptions, kernel: Dict[str, Any], journal: jr.Journal, records: Dict[str, Dict[str, Any]],

@@ -9,16 +9,25 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import journal as jr
 from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import systemd_is_init
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.paths import read_text
 
 # Debian: 6.1.0-28-amd64, 6.12.38+deb12-cloud-amd64 -> flavour amd64, cloud-amd64
 DEBIAN_FLAVOUR = re.compile(r"^[0-9][^-]*(?:-[0-9][^-]*)*-(?P<flavour>[a-z].*)$")
 DEBIAN_SKIP = ("-unsigned", "-dbg")
+# apt's own stamp of its last successful update (Debian's apt touches it), else the lists' directory, as the apt
+# module's cache_valid_time reads them
+APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
+APT_LISTS = "/var/lib/apt/lists"
+REFRESH_TIMEOUT = 300.0
+# another apt (apt-daily, an operator) holding the lists' lock is waited for this long, as the apt module's lock_timeout
+APT_LOCK_WAIT = 60.0
 
 
 @dataclass
@@ -90,6 +99,56 @@ def available_kernels(os_family: str, flavour: str) -> List[str]:
         lines = _run([tool, "-q", "repoquery", "--qf", "%{version}-%{release}.%{arch}", "kernel-core"]).split()
         return sorted(set(lines), key=version_key)
     return []
+
+
+def lists_age(now: Optional[float] = None) -> Optional[float]:
+    """Seconds since apt last refreshed its lists, or None when it never did."""
+    for path in (APT_UPDATE_STAMP, APT_LISTS):
+        try:
+            return max(0.0, (time.time() if now is None else now) - os.stat(path).st_mtime)
+        except OSError:
+            continue
+    return None
+
+
+def refresh_package_lists(valid_time: float) -> Dict[str, Any]:
+    """The package manager's metadata refreshed, so that a plan sees the kernels on offer: ``apt-get update`` unless the
+    lists are younger than ``valid_time`` seconds, or ``dnf makecache`` (which keeps its own expiry). Metadata only:
+    nothing is installed, so it also runs in check mode. Raises NotReadyError when the refresh fails."""
+    os_family = family()
+    if os_family == "debian":
+        age = lists_age()
+        if age is not None and age < valid_time:
+            return {"refreshed": False, "age_seconds": round(age)}
+        argv = ["apt-get", "update", "-q"]
+    elif os_family == "redhat":
+        argv = [shutil.which("dnf") or "yum", "makecache", "-q"]
+    else:
+        return {"refreshed": False, "age_seconds": None}
+    deadline = time.monotonic() + APT_LOCK_WAIT
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=REFRESH_TIMEOUT, check=False,
+                                  stdin=subprocess.DEVNULL)
+            rc, output = done.returncode, (done.stderr.strip() or done.stdout.strip())
+        except subprocess.TimeoutExpired:
+            rc, output = -1, "still running after %.0f s, and stopped" % REFRESH_TIMEOUT
+        except OSError as exc:
+            rc, output = -1, exc.strerror or str(exc)
+        if rc == 0:
+            return {"refreshed": True, "age_seconds": 0}
+        # a held lock is waited for; any other failure that ended (a mirror that did not answer) is tried 3 times
+        locked = "Could not get lock" in output
+        if (locked and time.monotonic() < deadline) or (not locked and rc != -1 and attempts < 3):
+            time.sleep(5 if locked else 2 * attempts)
+            continue
+        raise NotReadyError(
+            "the package lists could not be refreshed for the plan: `%s` failed (%s): %s" % (
+                " ".join(argv), "exit %d" % rc if rc >= 0 else "did not finish", output[-600:] or "no output"),
+            fix="fix the host's package sources (or whatever holds the package manager's lock), or set "
+                "liveupdate_refresh_package_lists=false to plan on the lists the host has.")
 
 
 def paths_for(os_family: str, version: str) -> Dict[str, str]:

@@ -84,6 +84,19 @@ options:
       - Empty takes what apt prefers.
     type: str
     default: ""
+  refresh_package_lists:
+    description:
+      - Refresh the package manager's metadata before planning, so that the plan sees the kernels and QEMU on offer
+        - C(apt-get update) unless the lists are younger than O(package_cache_valid_time), or C(dnf makecache).
+      - Metadata only, nothing installed, so it also runs in check mode. A refresh that fails (after waiting up to
+        60 s for another apt's lock, or three tries) fails the plan, naming the command and its error.
+      - In one module run with the plan, so a small host pays one module start-up, not three.
+    type: bool
+    default: false
+  package_cache_valid_time:
+    description: Seconds for which apt's lists count as fresh (as M(ansible.builtin.apt)'s C(cache_valid_time)).
+    type: int
+    default: 3600
 """
 
 EXAMPLES = r"""
@@ -160,6 +173,12 @@ ram_overlaps:
   type: list
   elements: str
   returned: always
+package_lists:
+  description:
+    - "With O(refresh_package_lists): C(refreshed) (whether the metadata was refreshed now) and C(age_seconds) (how old
+      apt's lists were when found fresh enough; null where unknown)."
+  type: dict
+  returned: when O(refresh_package_lists) is true
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -187,7 +206,9 @@ def main() -> None:
                            venv={"type": "path", "default": "/opt/liveupdate-cpr/venv"},
                            qemu_by_package={"type": "bool", "default": True},
                            qemu_packages={"type": "list", "elements": "str", "default": []},
-                           qemu_target_release={"type": "str", "default": ""}),
+                           qemu_target_release={"type": "str", "default": ""},
+                           refresh_package_lists={"type": "bool", "default": False},
+                           package_cache_valid_time={"type": "int", "default": 3600}),
         supports_check_mode=True)
     boundary.run(module, plan_host, PlanOptions)
 

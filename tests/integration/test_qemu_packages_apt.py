@@ -33,3 +33,19 @@ def test_a_target_release_apt_does_not_have_refuses_the_host_in_its_plan(tmp_pat
     message = run.result["msg"]
     assert "QEMU's packages (" in message and "cannot be updated from liveupdate-no-such-release" in message, message
     assert "liveupdate-no-such-release" in message.split(": ", 3)[-1] and "is invalid" in message, message
+
+
+def test_the_plan_finds_this_machines_apt_lists_fresh_and_leaves_them(tmp_path: Path):
+    qmp_dir = tmp_path / "qmp"
+    qmp_dir.mkdir()
+    lists = Path("/var/lib/apt/lists")
+    before = lists.stat().st_mtime
+
+    run = run_module("host_plan", {"qmp_dir": str(qmp_dir), "state_dir": str(tmp_path / "state"),
+                                   "update_kernel": False, "reboot_method": "none",
+                                   "refresh_package_lists": True, "package_cache_valid_time": 10 ** 9})
+
+    assert run.rc == 0, run.result
+    assert run.result["package_lists"]["refreshed"] is False
+    assert run.result["package_lists"]["age_seconds"] >= 0
+    assert lists.stat().st_mtime == before

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from ansible_collections.liveupdate.cpr.plugins.module_utils import host_plan, kernel
+from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import NotReadyError
 
 
 def test_debian_flavours():
@@ -80,3 +83,55 @@ def test_the_reboot_a_host_gets_is_one_rule_for_the_plan_and_the_kexec_role(
     facts = kernel.kernel_facts(kernel.KernelOptions(offered=False, reboot_method=requested,
                                                      fallback_to_reboot=fallback))
     assert facts["reboot"] == gets, "kernel_info, which the kexec role's load reads"
+
+
+# The plan's refresh of the package lists, through a stand-in apt-get on PATH that logs its calls and fails as told
+FAKE_APT = """#!/bin/sh
+echo "$*" >>"$0.calls"
+n=$(wc -l <"$0.calls")
+if [ "$n" -le "${FAIL_TIMES:-0}" ]; then echo "$FAIL_WITH" >&2; exit 100; fi
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_apt(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    apt_get = bin_dir / "apt-get"
+    apt_get.write_text(FAKE_APT)
+    apt_get.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
+    monkeypatch.setattr(kernel, "family", lambda: "debian")
+    monkeypatch.setattr(kernel.time, "sleep", lambda seconds: None)
+    stamp = tmp_path / "update-success-stamp"
+    stamp.write_text("")
+    monkeypatch.setattr(kernel, "APT_UPDATE_STAMP", str(stamp))
+    monkeypatch.setattr(kernel, "APT_LISTS", str(tmp_path / "no-lists"))
+    return SimpleNamespace(stamp=stamp, calls=lambda: (bin_dir / "apt-get.calls").read_text().splitlines()
+                           if (bin_dir / "apt-get.calls").exists() else [])
+
+
+def test_fresh_lists_are_not_refreshed_and_stale_ones_are(fake_apt):
+    assert kernel.refresh_package_lists(3600)["refreshed"] is False
+    assert fake_apt.calls() == []
+    os.utime(fake_apt.stamp, (0, time.time() - 7200))
+    assert kernel.refresh_package_lists(3600) == {"refreshed": True, "age_seconds": 0}
+    assert fake_apt.calls() == ["update -q"]
+
+
+def test_another_apts_lock_is_waited_for(fake_apt, monkeypatch):
+    monkeypatch.setenv("FAIL_TIMES", "2")
+    monkeypatch.setenv("FAIL_WITH", "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 42 (apt-get)")
+    assert kernel.refresh_package_lists(0)["refreshed"] is True
+    assert len(fake_apt.calls()) == 3
+
+
+def test_a_refresh_that_keeps_failing_stops_the_plan_naming_the_command_and_its_error(fake_apt, monkeypatch):
+    monkeypatch.setenv("FAIL_TIMES", "9")
+    monkeypatch.setenv("FAIL_WITH", "E: Failed to fetch http://mirror.example/dists/trixie/InRelease")
+    with pytest.raises(NotReadyError) as failed:
+        kernel.refresh_package_lists(0)
+    assert len(fake_apt.calls()) == 3
+    assert "`apt-get update -q` failed (exit 100): E: Failed to fetch http://mirror.example" in failed.value.message
+    assert "liveupdate_refresh_package_lists=false" in failed.value.fix
