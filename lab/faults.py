@@ -37,6 +37,8 @@ WAIT = 600.0
 # before a jump about 10 minutes in all
 REACH = 1800.0
 LOCK_POLL = 3.0
+# one read of the lock over SSH: a login to a busy TCG host has taken over 20 s while it installed a kernel
+LOCK_READ_TIMEOUT = 90.0
 # the raw command of roles/kexec/tasks/reboot.yml's step right before the jump, on its worker's ssh command line
 FLUSH_BEFORE_THE_JUMP = "sync && date +%s.%N"
 
@@ -135,6 +137,40 @@ def rollout_started(rollout: Sequence[str]) -> Iterator[subprocess.Popen[str]]:
             playbook.communicate(timeout=60)
 
 
+class LockWatch:
+    """The host's rollout lock, read over SSH in the background every LOCK_POLL s until it shows the save's refresh
+    (the last before the jump: none inside the blackout). In the background because a login to a busy TCG host can
+    take longer than the jump, and the console, watched meanwhile, must see the new kernel's banner at once."""
+
+    def __init__(self, lab: Any, host: Any) -> None:
+        self.lab, self.host = lab, host
+        self.lock: Dict[str, Any] = {}
+        self.read: Optional[subprocess.Popen[str]] = None
+        self.started = self.done = 0.0
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if self.read is not None:
+            if self.read.poll() is None:
+                if now - self.started > LOCK_READ_TIMEOUT:
+                    self.stop()
+                return
+            seen = self.read.communicate()[0] or ""
+            self.read, self.done = None, now
+            with contextlib.suppress(ValueError):
+                self.lock = json.loads(seen) if seen.startswith("{") else self.lock
+        elif self.lock.get("phase") != "save" and now - self.done >= LOCK_POLL:
+            self.read = subprocess.Popen(self.lab.ssh_argv(self.host, ["cat", "/var/lib/liveupdate-cpr/rollout.lock"]),
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.started = now
+
+    def stop(self) -> None:
+        if self.read is not None:
+            self.read.kill()
+            self.read.wait()
+            self.read, self.done = None, time.monotonic()
+
+
 def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str]) -> Dict[str, Any]:
     from lab.host.fleet import Lab  # the lab's own SSH and power switch
 
@@ -143,21 +179,19 @@ def after_jump(lab_dir: Path, host_name: str, kill: str, rollout: Sequence[str])
     console = Path(host.home) / "console.log"
     booted = banners(console)
     with rollout_started(rollout) as playbook:
-        lock: Dict[str, Any] = {}
-        lock_read_at = [0.0]
+        # every few seconds only: each SSH login costs the busy TCG host CPU that its own rollout needs
+        watch = LockWatch(lab, host)
 
         def jumped() -> bool:
             if banners(console) > booted:
                 return True
-            # the lock's last refresh before the jump is the save's (none inside the blackout); from then on only
-            # the console is watched, so that no SSH call to a host going down delays the kill. Every few seconds
-            # only: each SSH login costs the busy TCG host CPU that its own rollout needs.
-            if lock.get("phase") != "save" and time.monotonic() - lock_read_at[0] >= LOCK_POLL:
-                lock_read_at[0] = time.monotonic()
-                seen = lab.run(host, "cat", "/var/lib/liveupdate-cpr/rollout.lock", check=False, timeout=20)
-                lock.update(json.loads(seen) if seen.startswith("{") else {})
+            watch.poll()
             return False
-        wait_for("jump of %s (a new kernel banner in %s)" % (host_name, console), jumped, REACH, interval=0.2)
+        try:
+            wait_for("jump of %s (a new kernel banner in %s)" % (host_name, console), jumped, REACH, interval=0.2)
+        finally:
+            watch.stop()
+        lock = watch.lock
         killed_at = time.time()
         if kill == "controller":
             killed = kill_controller(playbook)
@@ -213,7 +247,7 @@ def ssh_cut(lab_dir: Path, host_name: str, rollout: Sequence[str]) -> Dict[str, 
             ended_at = time.time()
         finally:
             lab.set_link(host, up=True)
-    lab.wait_ssh(host, timeout=120)
+    lab.wait_ssh(host, timeout=600)
     # evidence of what ends the orphan: its signal state as it is let go (signals pending for it in SigPnd/ShdPnd;
     # SigIgn shows SIGHUP ignored while it holds the VM lock), and the host's journal from the cut on once it is gone
     signals = lab.run(host, "grep", "-E", "^(State|PPid|SigPnd|ShdPnd|SigBlk|SigIgn)", "/proc/%d/status" % stopped["pid"],

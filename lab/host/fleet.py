@@ -152,9 +152,13 @@ class Lab:
         """Seconds until a real SSH command answers (an open forwarded port proves nothing)."""
         started = time.monotonic()
         while True:
-            result = subprocess.run(self.ssh_argv(host, ["true"]), capture_output=True, timeout=30, check=False)
-            if result.returncode == 0:
-                return time.monotonic() - started
+            try:
+                # a login to a busy TCG host can take over 30 s: that is a slow answer, not a failure
+                result = subprocess.run(self.ssh_argv(host, ["true"]), capture_output=True, timeout=30, check=False)
+                if result.returncode == 0:
+                    return time.monotonic() - started
+            except subprocess.TimeoutExpired:
+                pass
             if not _alive(host):
                 raise LabError("%s: its QEMU exited; see %s/console.log" % (host.name, host.home))
             if time.monotonic() - started > timeout:

@@ -74,8 +74,8 @@ def serve_socket(path: str) -> None:
     code = ("import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(8)\n"
             "held = []\nwhile True:\n    held.append(s.accept()[0])\n")
     subprocess.run(["systemd-run", "--unit", "lab-peer-socket", "--collect", "--quiet", "--", sys.executable, "-c", code,
-                    path], check=True, timeout=30)
-    deadline = time.monotonic() + 20
+                    path], check=True, timeout=120)
+    deadline = time.monotonic() + 60
     while not os.path.exists(path):
         if time.monotonic() > deadline:
             raise SystemExit("no listener at %s" % path)
@@ -107,12 +107,13 @@ def start(host: str, vms: int, ram_mb: int, shm: List[str], first: int = 1, clie
         # a transient unit without Restart=, as a hypervisor manager without libvirt would start it
         subprocess.run(["systemd-run", "--unit", "lab-" + name, "--collect", "--quiet", "--property=Type=exec", "--"]
                        + vm_argv(name, ram_mb, "shm" if name in shm else "dax", index * ram_mb, client_socket),
-                       check=True, timeout=30)
+                       check=True, timeout=120)
         started.append(name)
     return [wait_booted(name) for name in started]
 
 
-def wait_booted(name: str, timeout: float = 60) -> Dict[str, Any]:
+# bounds, not timings: on a TCG host busy installing a kernel beside two others, a nested guest has needed over 60 s
+def wait_booted(name: str, timeout: float = 240) -> Dict[str, Any]:
     path = "%s/%s.qmp" % (QMP_DIR, name)
     return wait_started(lambda: probe_one(path), name, timeout, 0.2)
 
