@@ -87,7 +87,7 @@ options:
   refresh_package_lists:
     description:
       - Refresh the package manager's metadata before planning, so that the plan sees the kernels and QEMU on offer
-        - C(apt-get update) unless the lists are younger than O(package_cache_valid_time), or C(dnf makecache).
+        (C(apt-get update) unless the lists are younger than O(package_cache_valid_time), or C(dnf makecache)).
       - Metadata only, nothing installed, so it also runs in check mode. A refresh that fails (after waiting up to
         60 s for another apt's lock, or three tries) fails the plan, naming the command and its error.
       - In one module run with the plan, so a small host pays one module start-up, not three.
