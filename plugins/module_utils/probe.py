@@ -231,7 +231,7 @@ def probe(vm_name: str, binary: str, argv: Sequence[str], machine_type: str, cwd
                 result.reason = "the installed QEMU %s did not open its monitor within %.0f s" % (binary, timeout)
                 return result
             try:
-                with QmpSession(qmp, vm_name, connect_timeout=timeout) as session:
+                with QmpSession(qmp, vm_name, connect_timeout=timeout, server_pid=process.pid) as session:
                     status = str(session.execute("query-status")["status"])
                     qemu = session.execute("query-version")["qemu"]
                     result.version = "%d.%d.%d" % (qemu["major"], qemu["minor"], qemu["micro"])

@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Tuple
 
+from ansible_collections.liveupdate.cpr.plugins.module_utils.discovery import process_exists
 from ansible_collections.liveupdate.cpr.plugins.module_utils.errors import QmpError
 from ansible_collections.liveupdate.cpr.plugins.module_utils.journal import VMS_LOCK
 from ansible_collections.liveupdate.cpr.plugins.module_utils.waiting import Deadline, wait_until
@@ -83,10 +84,13 @@ class QmpSession:
 
     def __init__(self, socket_path: str, vm: Optional[str] = None,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT, server_pid: Optional[int] = None) -> None:
         self.socket_path = socket_path
         self.vm = vm
         self.connect_timeout = connect_timeout
+        # the QEMU that is to serve the socket, when known (one the restore just started): once it has exited, a
+        # refused connection is final, however long connect_timeout gives a slow QEMU to greet
+        self.server_pid = server_pid
         self.command_timeout = command_timeout
         self.events: List[Dict[str, Any]] = []
         self._loop = asyncio.new_event_loop()
@@ -115,6 +119,11 @@ class QmpSession:
                 if isinstance(exc.exc, ConnectionRefusedError):
                     self._client = None
                     refused.append(exc)
+                    if self.server_pid is not None and not process_exists(self.server_pid):
+                        self.close()
+                        raise QmpError("QEMU (pid %d) exited before it greeted on its QMP socket %s." % (
+                            self.server_pid, self.socket_path), self.vm, self.socket_path,
+                            fix="see what QEMU said as it exited.") from exc
                     return False
                 self._connect_failed(exc)
             except (QmpError, OSError, QMPError) as exc:

@@ -160,8 +160,11 @@ def restore_one(record: Dict[str, Any], journal: jr.Journal, keep_state: bool, t
                              early_boot=restored_by == RESTORED_BY_BOOT_UNIT)
         # a QEMU this call just started greets once it is up, which on a host still booting (the boot unit) or
         # busy can take far longer than the 10 s that tell a monitor held by another client: wait the restore's time
+        # as long as that QEMU lives: one that served its socket and then exited (a client chardev whose peer is
+        # away) fails the restore at once
         greeting = max(DEFAULT_CONNECT_TIMEOUT, timeout) if started is not None else DEFAULT_CONNECT_TIMEOUT
-        with QmpSession(record["qmp"]["path"], record["vm"], connect_timeout=greeting) as session:
+        with QmpSession(record["qmp"]["path"], record["vm"], connect_timeout=greeting,
+                        server_pid=started.pid if started is not None else None) as session:
             if started is not None:
                 migration.set_cpr_mode(session, record["x_ignore_shared"])
                 info = migration.load_from(session, record["state_file"], timeout)

@@ -146,3 +146,27 @@ def test_state_file_that_matches_but_cannot_be_loaded(lab):
     assert retried.rc == 0, retried.result
     assert_resumed(vm, before)
     assert os.path.exists(record_path)
+
+
+def test_a_qemu_that_serves_its_monitor_and_then_exits_fails_its_restore_at_once_with_qemus_reason(lab):
+    """A QEMU may open its QMP socket and then exit: here a client chardev whose peer is away (as a vhost-user backend
+    that did not come back). The restore fails with QEMU's own words, well inside its 600 s, and the VM stays saved
+    (the kexec lab's boot unit once retried such a socket for minutes, its QEMU long gone)."""
+    peer = lab.base / "peer.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(peer))
+    listener.listen(4)
+    vm = lab.vm("papa", extra=["-chardev", "socket,id=peer,path=%s" % peer])
+    vm.wait_booted()
+    assert run_module("vm_save", scope_of(lab)).rc == 0
+    listener.close()  # its file stays and refuses, as a peer's socket after the peer's reboot
+
+    started = time.monotonic()
+    failed = run_module("vm_restore", {"state_dir": str(lab.state_dir)})
+    assert time.monotonic() - started < 300
+    assert failed.rc != 0
+    message = failed.result["msg"]
+    assert "papa" in message and "Failed to connect" in message and "peer.sock" in message, message
+    assert "papa" not in qemu_pids(lab.base)
+    record = json.loads((lab.state_dir / "papa.json").read_text())
+    assert record["phase"] == "restore_failed" and (lab.state_dir / "papa.state").exists()
