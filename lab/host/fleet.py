@@ -45,9 +45,8 @@ PMEM_SIZE_MB = 256
 BOOT_TIMEOUT = 300
 FIRST_BOOT_TIMEOUT = 180  # a new host, booted alone: 14 s on an idle machine, 46 s on a slow one
 STEP_TIMEOUT = 120
-# x86-64-v2 and RDRAND (so the guest's random pool is ready at once), not -cpu max: under TCG every feature max adds
-# (5-level paging among them) costs, and a host booted side by side with one on max reached its login prompt in 83 and
-# 85 s against 97 and 99 s (2026-12-07)
+# x86-64-v2 and RDRAND (so the guest's random pool is ready at once), not -cpu max, whose extra features cost TCG time:
+# booted side by side with one on max, a host reached its login prompt in 83 and 85 s against 97 and 99 s (2026-12-07)
 HOST_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+rdrand"
 HOST_NIC = "virtio-net-pci.0"  # QEMU's name for the NIC that host_argv's -nic adds
 SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
