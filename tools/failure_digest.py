@@ -77,9 +77,10 @@ def digest(lines: Sequence[str], max_lines: int = 18, width: int = 240) -> List[
         end += 1
     picked = flat[last:end]
     before = flat[:last]
-    for level in range(depth, -1, -1):
+    # the task the failure belongs to, and for a nested failure the outermost task it ran in
+    for level in sorted({depth, 0}, reverse=True):
         task = next((entry for entry in reversed(before) if entry[0] == level and TASK.search(entry[1])), None)
-        if task and level in (depth, 0):
+        if task:
             picked.insert(0, task)
     if len(picked) > max_lines:
         picked = picked[:max_lines - 1] + [(depth + 1, "...")]
